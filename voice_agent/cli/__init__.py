@@ -1,0 +1,1 @@
+"""Command modules of `python -m voice_agent`; each defines `main(argv) -> int`."""

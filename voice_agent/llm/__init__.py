@@ -1,0 +1,20 @@
+"""Instruct LLM engine. `OpenSourceLLM` is the seed's name for it (lazy import keeps this cheap)."""
+
+from .base import ChatMessage, GenerationSettings, LLMEngine, Reply, ReplyStream
+
+__all__ = [
+    "ChatMessage",
+    "GenerationSettings",
+    "LLMEngine",
+    "Reply",
+    "ReplyStream",
+    "OpenSourceLLM",
+]
+
+
+def __getattr__(name: str):
+    if name == "OpenSourceLLM":
+        from .engine import OpenSourceLLM
+
+        return OpenSourceLLM
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""Builders of tiny random-weight checkpoints for tests, CI and benchmarks (no network)."""
