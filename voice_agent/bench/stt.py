@@ -1,0 +1,122 @@
+"""Benchmark section `stt`: Whisper speed on the CPU, for choosing the CPU default model.
+
+Random-weight models with the real dimensions and vocabulary of whisper-base.en
+and whisper-small.en (`testing.tiny_whisper.build_shaped`) are loaded through
+the real engine, each in a fresh process, and decode a 10 s speech clip with a
+fixed length of 40 tokens (about what 10 s of speech transcribes to), so the
+numbers compare sizes without depending on what random weights happen to say.
+Real-time factor = compute seconds / audio seconds; below 1 keeps up with speech.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from .common import run_isolated
+
+CLIP_SECONDS = 10.0
+DECODE_TOKENS = 40
+
+CHILD = """
+import json, time
+import numpy as np
+import torch
+torch.set_num_threads({threads})
+from voice_agent.audio import load_audio
+from voice_agent.config import load_settings
+from voice_agent.stt.whisper import WhisperSTT
+from voice_agent.testing.paths import REPO_ROOT
+
+t0 = time.perf_counter()
+import transformers.models.whisper.modeling_whisper  # import cost is reported apart from loading
+import_s = time.perf_counter() - t0
+t0 = time.perf_counter()
+stt = WhisperSTT({path!r}, load_settings({{"HF_HUB_OFFLINE": "1"}}), warmup=False)
+load_s = time.perf_counter() - t0
+assets = REPO_ROOT / "assets"
+clip = np.concatenate([load_audio(assets / "hello.wav"), load_audio(assets / "speech_pause_speech.wav")])
+clip = clip[: int({seconds} * 16000)]
+fixed = {{"min_new_tokens": {tokens}, "max_new_tokens": {tokens}}}
+first = time.perf_counter()
+stt.decode(clip, "en", generate_kwargs=fixed)
+first_s = time.perf_counter() - first
+times = []
+for _ in range({repeats}):
+    t = time.perf_counter()
+    decoded = stt.decode(clip, "en", generate_kwargs=fixed)
+    times.append(time.perf_counter() - t)
+times.sort()
+print(json.dumps({{"import_s": import_s, "load_s": load_s, "first_s": first_s, "decode_s": times[len(times) // 2],
+                  "tokens": decoded.tokens, "strategy": stt.report.chosen.strategy}}))
+"""
+
+
+def measure(path: Path, repeats: int, threads: int) -> dict:
+    """Load + decode timings of the model at `path`, in a fresh process."""
+    code = CHILD.format(
+        path=str(path),
+        seconds=CLIP_SECONDS,
+        tokens=DECODE_TOKENS,
+        repeats=repeats,
+        threads=threads,
+    )
+    return run_isolated(code, timeout=600, env={"HF_HUB_OFFLINE": "1"})
+
+
+def run(quick: bool = False) -> dict:
+    from ..loading import count_parameters
+    from ..testing.tiny_whisper import build_shaped
+
+    repeats = 1 if quick else 3
+    # The cores this process may use (taskset/cgroups), not every core the machine has.
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = threads or 1
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in ("base", "small") if quick else ("tiny", "base", "small"):
+            t0 = time.perf_counter()
+            path = build_shaped(Path(tmp) / size, size, english_only=True)
+            build_s = time.perf_counter() - t0
+            result = measure(path, repeats, threads)
+            row: dict = {"model": f"whisper-{size}.en shape (random weights)"}
+            if "error" in result:
+                row["error"] = result["error"]
+                rows.append(row)
+                continue
+            row.update(
+                {
+                    "params_m": round(count_parameters(path)[0] / 1e6, 1),
+                    "import_s": round(result["import_s"], 2),
+                    "load_s": round(result["load_s"], 2),
+                    "first_decode_s": round(result["first_s"], 2),
+                    "decode_s": round(result["decode_s"], 2),
+                    "tokens": result["tokens"],
+                    "rtf": round(result["decode_s"] / CLIP_SECONDS, 3),
+                    "tokens_per_s": round(result["tokens"] / result["decode_s"], 1),
+                    "peak_rss_mb": result.get("peak_rss_mb"),
+                    "build_s": round(build_s, 1),
+                }
+            )
+            rows.append(row)
+    return {
+        "rows": rows,
+        "clip_seconds": CLIP_SECONDS,
+        "decode_tokens": DECODE_TOKENS,
+        "torch_threads": threads,
+        "repeats": repeats,
+        "notes": (
+            f"{CLIP_SECONDS:g} s speech clip, {DECODE_TOKENS} tokens forced (min = max new tokens), "
+            "greedy, fp32 on CPU, through WhisperSTT.decode (features + generate + detokenize). "
+            "rtf = decode seconds / audio seconds (median of the repeats after one untimed decode, "
+            "first_decode_s); import_s = importing transformers' Whisper; load_s = WhisperSTT() "
+            "from a local directory without warm-up."
+        ),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick=True), indent=2))

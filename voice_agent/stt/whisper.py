@@ -1,0 +1,554 @@
+"""Whisper speech to text through transformers, loaded by the project's strategy chain.
+
+Loading tries, in order: the manual `WhisperForConditionalGeneration` +
+`WhisperProcessor` load (full control over decoding), then transformers'
+`automatic-speech-recognition` pipeline (which also loads non-Whisper
+recognisers such as wav2vec2 CTC checkpoints). On CUDA both run in fp16 and the
+CPU fp32 pair follows as the fallback; on the CPU it is fp32 only. Every
+attempt lands in `self.report`.
+
+Audio goes through `voice_agent.audio.load_audio` (any format, any rate, mono
+16 kHz) and a speech gate, so silence and noise give "" instead of Whisper's
+hallucinated "Thank you.". Audio over 30 s uses Whisper's sequential long-form
+decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE, is_speech, load_audio
+from ..config import DEFAULT_STT_CPU, DEFAULT_STT_CUDA, Settings, SettingsError, get_settings
+from ..errors import BusyError, InputError
+from ..hub import ModelNotFoundError, ensure_model_exists
+from ..loading import LoadReport, Strategy, estimate_bytes, run_chain
+from .base import AudioInput, Transcript
+
+log = logging.getLogger(__name__)
+
+StrategyKind = Literal["manual", "pipeline"]
+CHUNK_SECONDS = 30  # Whisper's window; longer audio is decoded window by window
+WARMUP_CLIP = Path(__file__).resolve().parents[2] / "assets" / "hello.wav"
+WARMUP_TOKENS = 8
+WHY_CPU_DEFAULT = (
+    f"{DEFAULT_STT_CPU} is the CPU default: on 2 cores it transcribes 10 s of speech in "
+    "1-1.4 s (real-time factor 0.11-0.14), leaving the cores to the LLM; small.en is "
+    "2.6-4x slower (README, STT benchmark)."
+)
+
+
+@dataclass
+class Decoded:
+    """What a backend returns for one clip."""
+
+    text: str
+    language: str | None
+    words: list[tuple[str, float, float]] = field(default_factory=list)
+    tokens: int = 0  # generated tokens (manual backend; 0 when unknown)
+
+
+class Backend(Protocol):
+    """A loaded recogniser: the manual Whisper model or a transformers pipeline."""
+
+    kind: StrategyKind
+    multilingual: bool
+
+    def detect_language(self, samples: np.ndarray) -> str | None: ...
+
+    def decode(
+        self,
+        samples: np.ndarray,
+        *,
+        language: str | None,
+        words: bool = False,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> Decoded: ...
+
+
+def _language_tokens(generation_config: Any) -> dict[int, str]:
+    """Token id -> language code, from a multilingual generation config."""
+    table = getattr(generation_config, "lang_to_id", None) or {}
+    return {int(i): token.strip("<|>") for token, i in table.items()}
+
+
+def _is_multilingual(generation_config: Any) -> bool:
+    flag = getattr(generation_config, "is_multilingual", None)
+    has_languages = bool(getattr(generation_config, "lang_to_id", None))
+    return has_languages if flag is None else bool(flag) and has_languages
+
+
+def _detect(model: Any, feature_extractor: Any, samples: np.ndarray) -> str | None:
+    """Whisper's language detection on the first 30 s window."""
+    import torch
+
+    ids = _language_tokens(model.generation_config)
+    if not ids:
+        return None
+    first = samples[: CHUNK_SECONDS * SAMPLE_RATE]
+    inputs = feature_extractor(first, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    features = inputs.input_features.to(model.device, model.dtype)
+    with torch.inference_mode():
+        token = int(model.detect_language(features)[0])
+    return ids.get(token)
+
+
+class ManualBackend:
+    """`WhisperForConditionalGeneration.generate` driven directly."""
+
+    kind: StrategyKind = "manual"
+
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.multilingual = _is_multilingual(model.generation_config)
+
+    def detect_language(self, samples: np.ndarray) -> str | None:
+        return _detect(self.model, self.processor.feature_extractor, samples)
+
+    def decode(
+        self,
+        samples: np.ndarray,
+        *,
+        language: str | None,
+        words: bool = False,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> Decoded:
+        import torch
+
+        window = CHUNK_SECONDS * SAMPLE_RATE
+        if words and samples.shape[0] > window:
+            # Word timings come from short-form decoding; long clips go window by window.
+            parts = [
+                self.decode(samples[i : i + window], language=language, words=True)
+                for i in range(0, samples.shape[0], window)
+            ]
+            merged = [
+                (w, s + n * CHUNK_SECONDS, e + n * CHUNK_SECONDS)
+                for n, part in enumerate(parts)
+                for (w, s, e) in part.words
+            ]
+            text = " ".join(p.text for p in parts if p.text)
+            return Decoded(text, parts[0].language, merged)
+        long_form = samples.shape[0] > window
+        extractor = self.processor.feature_extractor
+        if long_form:
+            inputs = extractor(
+                samples,
+                sampling_rate=SAMPLE_RATE,
+                return_tensors="pt",
+                truncation=False,
+                padding="longest",
+                return_attention_mask=True,
+            )
+        else:
+            inputs = extractor(
+                samples, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True
+            )
+        kwargs: dict[str, Any] = {
+            "attention_mask": inputs.attention_mask.to(self.model.device),
+            **(generate_kwargs or {}),
+        }
+        if self.multilingual:
+            kwargs.update(language=language, task="transcribe")
+        if long_form:
+            kwargs["return_timestamps"] = True  # sequential long-form decoding needs them
+        if words:
+            kwargs.update(return_token_timestamps=True, return_dict_in_generate=True)
+        features = inputs.input_features.to(self.model.device, self.model.dtype)
+        with torch.inference_mode():
+            out = self.model.generate(features, **kwargs)
+        sequences = out["sequences"] if isinstance(out, dict) or hasattr(out, "keys") else out
+        tokenizer = self.processor.tokenizer
+        text = tokenizer.batch_decode(sequences, skip_special_tokens=True)[0].strip()
+        found: list[tuple[str, float, float]] = []
+        if words:
+            found = self._words(sequences[0].tolist(), out["token_timestamps"][0].tolist())
+        return Decoded(text, language, found, tokens=int(sequences.shape[-1]))
+
+    def _words(self, tokens: list[int], times: list[float]) -> list[tuple[str, float, float]]:
+        """Group text tokens into words; a token starting with a space starts a word.
+
+        `times[i]` is when token i starts (cross-attention alignment, DTW); a word
+        ends where its last token's successor starts.
+        """
+        tokenizer = self.processor.tokenizer
+        eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        words: list[tuple[str, float, float]] = []
+        current: list[int] = []
+        start = 0.0
+        for i, token in enumerate(tokens):
+            if token >= eot:  # prompt, special and timestamp tokens
+                continue
+            piece = tokenizer.decode([token])
+            if current and piece.startswith(" "):
+                end = times[i] if i < len(times) else times[-1]
+                words.append((tokenizer.decode(current).strip(), start, max(end, start)))
+                current = []
+            if not current:
+                start = float(times[i]) if i < len(times) else float(times[-1])
+            current.append(token)
+        if current:
+            end = float(times[-1])
+            words.append((tokenizer.decode(current).strip(), start, max(end, start)))
+        return [(w, round(s, 2), round(e, 2)) for (w, s, e) in words if w]
+
+
+class PipelineBackend:
+    """transformers' `automatic-speech-recognition` pipeline (Whisper or CTC models)."""
+
+    kind: StrategyKind = "pipeline"
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.is_whisper = pipe.model.config.model_type == "whisper"
+        self.multilingual = self.is_whisper and _is_multilingual(pipe.model.generation_config)
+
+    def detect_language(self, samples: np.ndarray) -> str | None:
+        if not self.is_whisper:
+            return None
+        return _detect(self.pipe.model, self.pipe.feature_extractor, samples)
+
+    def decode(
+        self,
+        samples: np.ndarray,
+        *,
+        language: str | None,
+        words: bool = False,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> Decoded:
+        call: dict[str, Any] = {}
+        long_form = samples.shape[0] > CHUNK_SECONDS * SAMPLE_RATE
+        if self.is_whisper:
+            gen = dict(generate_kwargs or {})
+            if self.multilingual:
+                gen.update(language=language, task="transcribe")
+            call["generate_kwargs"] = gen
+            if long_form:
+                call["return_timestamps"] = True  # sequential long-form decoding needs them
+        elif long_form:
+            call["chunk_length_s"] = CHUNK_SECONDS  # CTC: strided chunks bound memory
+        if words:
+            call["return_timestamps"] = "word"
+        out = self.pipe({"raw": samples, "sampling_rate": SAMPLE_RATE}, **call)
+        found = [
+            (c["text"].strip(), float(c["timestamp"][0] or 0.0), float(c["timestamp"][1] or 0.0))
+            for c in out.get("chunks", [])
+            if c.get("text", "").strip()
+        ]
+        return Decoded(out["text"].strip(), language, found)
+
+
+def choose_device(requested: str) -> Literal["cpu", "cuda"]:
+    """WHISPER_DEVICE to a device: `auto` takes CUDA when torch sees a GPU."""
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda":
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def normalize_language(language: str | None) -> str | None:
+    """A Whisper language code from a code or English name; None for `auto`.
+
+    Raises:
+        InputError: unknown language (the message gives examples).
+    """
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    if language is None:
+        return None
+    value = language.strip().lower()
+    if value in ("auto", ""):
+        return None
+    if value in LANGUAGES:
+        return value
+    if value in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[value]
+    raise InputError(
+        f"Unknown language {language!r}: use a Whisper language code such as en, de, fr, es, "
+        "zh or ja, an English language name, or 'auto' to detect it."
+    )
+
+
+class WhisperSTT:
+    """Whisper speech to text (the seed's `WhisperSTT()` name).
+
+    Args:
+        model_name: hub id or local directory; default STT_MODEL_NAME, else
+            `DEFAULT_STT_CUDA` on CUDA and `DEFAULT_STT_CPU` on the CPU.
+        settings: defaults to the process settings.
+        strategies: loading strategies to try, in order ("manual", "pipeline").
+        warmup: decode the bundled clip once after loading.
+        busy_timeout_s: how long `transcribe` waits for a running one before
+            raising `BusyError` (default MODEL_SERVER_TIMEOUT_S).
+
+    Raises:
+        ModelLoadError: nothing could load the model; `.report` says why.
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        settings: Settings | None = None,
+        *,
+        strategies: Sequence[StrategyKind] = ("manual", "pipeline"),
+        warmup: bool = True,
+        busy_timeout_s: float | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.device = choose_device(self.settings.whisper_device)
+        default = DEFAULT_STT_CUDA if self.device == "cuda" else DEFAULT_STT_CPU
+        self.model_id = model_name or self.settings.stt_model_name or default
+        self.report = LoadReport("stt", self.model_id)
+        if not (model_name or self.settings.stt_model_name):
+            self.report.notes.append(
+                f"{DEFAULT_STT_CUDA} is the CUDA default."
+                if self.device == "cuda"
+                else WHY_CPU_DEFAULT
+            )
+        self.default_language = self.settings.stt_language
+        try:  # a bad STT_LANGUAGE fails at load, not on every call
+            normalize_language(self.default_language)
+        except InputError as exc:
+            raise SettingsError(f"STT_LANGUAGE={self.default_language!r}: {exc}") from None
+        self.busy_timeout_s = (
+            self.settings.server_timeout_s if busy_timeout_s is None else busy_timeout_s
+        )
+        self._lock = threading.Lock()
+        try:
+            resolved = ensure_model_exists(self.model_id, self.settings)
+        except ModelNotFoundError as exc:
+            self.report.notes.append(str(exc))
+            exc.report = self.report
+            raise
+        self.path = resolved.path
+        self.report.resolved_path, self.report.source = str(resolved.path), resolved.source
+        self.backend: Backend = run_chain(self.report, self._strategies(strategies))
+        self.loaded_device = self.report.chosen.device if self.report.chosen else self.device
+        if warmup:
+            self.warmup()
+
+    # --- loading ----------------------------------------------------------------------------
+
+    def _strategies(self, kinds: Sequence[StrategyKind]) -> list[Strategy[Backend]]:
+        from ..hardware import cuda_free_bytes, ram_available_bytes
+
+        unknown = [k for k in kinds if k not in ("manual", "pipeline")]
+        if unknown:
+            raise ValueError(f"unknown STT strategies {unknown}; use 'manual' and/or 'pipeline'")
+        places: list[tuple[str, str]] = [("cpu", "float32")]
+        if self.device == "cuda":
+            # CPU fp32 stays as the fallback, so a busy or broken GPU degrades instead of failing.
+            places.insert(0, ("cuda", "float16"))
+        out: list[Strategy[Backend]] = []
+        for device, dtype in places:
+            storage = "float16" if dtype == "float16" else "float32"
+            for kind in kinds:
+                out.append(
+                    Strategy(
+                        name=f"{kind}-{device}-{'fp16' if dtype == 'float16' else 'fp32'}",
+                        device=device,
+                        dtype=dtype,
+                        load=self._loader(kind, device, dtype),
+                        needed_bytes=lambda s=storage: self._estimate(s),
+                        free_bytes=(
+                            (lambda: cuda_free_bytes(0))
+                            if device == "cuda"
+                            else ram_available_bytes
+                        ),
+                        unavailable=_cuda_missing if device == "cuda" else None,
+                    )
+                )
+        return out
+
+    def _estimate(self, storage: str) -> int | None:
+        try:
+            return estimate_bytes(self.path, storage)
+        except (OSError, ValueError, KeyError):
+            return None  # .bin-only checkpoints: no header to plan from; just try
+
+    def _loader(self, kind: StrategyKind, device: str, dtype: str):
+        def load() -> Backend:
+            import torch
+
+            torch_dtype = getattr(torch, dtype)
+            local = self.settings.offline
+            if kind == "manual":
+                from transformers import (
+                    AutoConfig,
+                    WhisperForConditionalGeneration,
+                    WhisperProcessor,
+                )
+
+                config = AutoConfig.from_pretrained(self.path, local_files_only=local)
+                if config.model_type != "whisper":
+                    raise ValueError(
+                        f"not a Whisper checkpoint (model_type={config.model_type!r}); "
+                        "the pipeline strategy loads other speech recognisers"
+                    )
+                processor = WhisperProcessor.from_pretrained(self.path, local_files_only=local)
+                model = WhisperForConditionalGeneration.from_pretrained(
+                    self.path, dtype=torch_dtype, local_files_only=local
+                )
+                return ManualBackend(model.to(device).eval(), processor)
+            from transformers import pipeline
+
+            # The pipeline takes no local_files_only of its own; self.path is a local
+            # directory already, so it reads nothing from the hub either way.
+            pipe = pipeline(
+                "automatic-speech-recognition",
+                model=str(self.path),
+                device=device,
+                dtype=torch_dtype,
+            )
+            return PipelineBackend(pipe)
+
+        return load
+
+    def warmup(self) -> float | None:
+        """Decode the bundled clip once (first-call costs paid at load); returns seconds."""
+        if not WARMUP_CLIP.is_file():
+            self.report.notes.append(f"warm-up skipped: {WARMUP_CLIP} is missing")
+            return None
+        t0 = time.perf_counter()
+        samples = load_audio(WARMUP_CLIP)
+        language = normalize_language(self.default_language) or "en"
+        with self._locked():
+            self.backend.decode(
+                samples,
+                language=language if self.backend.multilingual else None,
+                generate_kwargs={"max_new_tokens": WARMUP_TOKENS},
+            )
+        seconds = time.perf_counter() - t0
+        self.report.notes.append(f"warm-up on {WARMUP_CLIP.name}: {seconds:.2f} s")
+        return seconds
+
+    # --- transcription ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # One decode at a time: generate() is not re-entrant on a shared model, and
+        # interleaving two would only make both slower.
+        if not self._lock.acquire(timeout=self.busy_timeout_s):
+            raise BusyError(
+                f"Speech recognition is busy (waited {self.busy_timeout_s:g} s); try again shortly.",
+                retry_after_s=min(5.0, max(1.0, self.busy_timeout_s / 4)),
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _language_for(self, language: str | None) -> str | None:
+        """The code to force, or None to detect; checked against what the model knows."""
+        code = normalize_language(self.default_language if language is None else language)
+        if not self.backend.multilingual:
+            if code not in (None, "en"):
+                raise InputError(
+                    f"{self.model_id} transcribes English only; set STT_MODEL_NAME to a "
+                    f"multilingual Whisper to transcribe {code!r}."
+                )
+            return None
+        return code
+
+    def decode(
+        self,
+        samples: np.ndarray,
+        language: str | None = "en",
+        *,
+        words: bool = False,
+        generate_kwargs: dict[str, Any] | None = None,
+    ) -> Decoded:
+        """Decode 16 kHz mono float32 samples as they are (no checks, no speech gate).
+
+        For callers that prepared the audio themselves (the benchmark forces a
+        decode length with `generate_kwargs={"min_new_tokens": n, "max_new_tokens": n}`).
+        """
+        code = self._language_for(language)
+        with self._locked():
+            if code is None and self.backend.multilingual:
+                code = self.backend.detect_language(samples)
+            decoded = self.backend.decode(
+                samples, language=code, words=words, generate_kwargs=generate_kwargs
+            )
+        decoded.language = (
+            decoded.language or code or ("en" if not self.backend.multilingual else None)
+        )
+        return decoded
+
+    def transcribe(self, audio: AudioInput, language: str | None = None) -> Transcript:
+        """Speech in `audio` as text.
+
+        Args:
+            audio: anything `voice_agent.audio.load_audio` accepts.
+            language: a code or name, "auto" to detect; default STT_LANGUAGE.
+
+        Returns:
+            A `Transcript`; text is "" with `speech_detected=False` for silence or noise.
+
+        Raises:
+            InputError: bad audio or language (see `voice_agent.audio`).
+            BusyError: another transcription held the engine past `busy_timeout_s`.
+        """
+        return self._run(audio, language, words=False)
+
+    def transcribe_words(self, audio: AudioInput, language: str | None = None) -> Transcript:
+        """Like `transcribe`, with `words` = [(word, start_s, end_s)] from cross-attention.
+
+        Timings come from Whisper's alignment heads (dynamic time warping over
+        cross-attention), good to about 0.1 s on trained models.
+        """
+        return self._run(audio, language, words=True)
+
+    def _run(self, audio: AudioInput, language: str | None, *, words: bool) -> Transcript:
+        t0 = time.perf_counter()
+        code = self._language_for(language)  # validate before decoding the audio
+        samples = load_audio(audio, max_seconds=self.settings.max_audio_seconds)
+        duration = samples.shape[0] / SAMPLE_RATE
+        if not is_speech(samples, SAMPLE_RATE):
+            log.info("stt: no speech in %.1f s of audio; skipping the model", duration)
+            return Transcript(
+                text="",
+                language=code or ("en" if not self.backend.multilingual else None),
+                duration_s=duration,
+                seconds=time.perf_counter() - t0,
+                speech_detected=False,
+            )
+        decoded = self.decode(samples, "auto" if code is None else code, words=words)
+        seconds = time.perf_counter() - t0
+        log.info(
+            "stt: %.1f s of audio in %.2f s (%s): %d chars",
+            duration,
+            seconds,
+            decoded.language,
+            len(decoded.text),
+        )
+        return Transcript(
+            text=decoded.text,
+            language=decoded.language,
+            duration_s=duration,
+            seconds=seconds,
+            speech_detected=True,
+            words=decoded.words,
+        )
+
+
+def _cuda_missing() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"CUDA is not available to torch {torch.__version__}"
+    return None
