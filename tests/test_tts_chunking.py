@@ -1,0 +1,129 @@
+"""Sentence splitting, piece packing, the streaming splitter and click-free joins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voice_agent.errors import InputTooLargeError
+from voice_agent.tts.chunking import (
+    TextSplitter,
+    check_length,
+    fade_edges,
+    join_audio,
+    split_sentences,
+    split_stream,
+    split_text,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "sentences"),
+    [
+        ("Hello there. How are you?", ["Hello there.", "How are you?"]),
+        ("Dr. Smith paid 3.5 dollars. Done!", ["Dr. Smith paid 3.5 dollars.", "Done!"]),
+        ("J. R. R. Tolkien wrote it. Yes.", ["J. R. R. Tolkien wrote it.", "Yes."]),
+        ("Use e.g. this one. Or not.", ["Use e.g. this one.", "Or not."]),
+        ("We met at 5 p.m. Then we left.", ["We met at 5 p.m.", "Then we left."]),
+        ("Visit example.com today. Now.", ["Visit example.com today.", "Now."]),
+        ("Steps:\n1. Open it.\n2. Close it.", ["Steps:", "1. Open it.", "2. Close it."]),
+        ('He said "stop." Then left.', ['He said "stop."', "Then left."]),
+        ("Wait... what?! Really?", ["Wait...", "what?!", "Really?"]),
+        (
+            "Code:\n```py\nx = 1. \ny = 2\n```\nDone. ",
+            ["Code:", "```py\nx = 1. \ny = 2\n```", "Done."],
+        ),
+        ("no punctuation at all", ["no punctuation at all"]),
+        ("", []),
+    ],
+)
+def test_split_sentences(text: str, sentences: list[str]) -> None:
+    assert split_sentences(text) == sentences
+
+
+def test_split_text_packs_sentences_up_to_the_limit() -> None:
+    text = "One. Two. Three is longer. Four."
+    assert split_text(text, 20) == ["One. Two.", "Three is longer.", "Four."]
+    assert split_text(text, 1000) == [text]
+
+
+def test_split_text_cuts_long_sentences_at_clauses_then_spaces() -> None:
+    sentence = "first clause here, second clause here, " + "word " * 30 + "end."
+    pieces = split_text(sentence, 40)
+    assert all(len(p) <= 40 for p in pieces)
+    assert pieces[0] == "first clause here, second clause here,"
+    assert " ".join(pieces).split() == sentence.split()
+    assert split_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+
+
+def test_fifty_thousand_characters_split_without_losing_a_word() -> None:
+    text = " ".join(f"Sentence number {i} has a few words in it." for i in range(1200))
+    assert len(text) > 50_000
+    pieces = split_text(text, 400)
+    assert all(len(p) <= 400 for p in pieces)
+    assert " ".join(pieces).split() == text.split()
+
+
+def test_check_length() -> None:
+    check_length("x" * 10, 10)
+    with pytest.raises(InputTooLargeError, match="11 characters; the limit is 10"):
+        check_length("x" * 11, 10)
+
+
+def test_streaming_splitter_releases_each_sentence_when_it_ends() -> None:
+    splitter = TextSplitter()
+    assert splitter.feed("Hello the") == []
+    assert splitter.feed("re. ") == []  # "Dr. Smith" or a new sentence? wait for the next word
+    assert splitter.feed("How") == ["Hello there."]
+    assert splitter.feed(" are you? I am") == ["How are you?"]
+    assert splitter.close() == ["I am"]
+
+
+def test_phrase_mode_releases_clauses_and_long_runs() -> None:
+    tokens = "Sure, I can help with that, it is easy. one two three four five six seven eight nine ten eleven"
+    phrases = list(split_stream((t + " " for t in tokens.split()), mode="phrase"))
+    assert phrases[0] == "Sure, I can help with that,"
+    assert phrases[1] == "it is easy."
+    assert phrases[2].split() == "one two three four five six seven eight nine ten".split()
+    assert " ".join(phrases).split() == tokens.split()
+
+
+def test_phrase_mode_keeps_links_and_titles_whole() -> None:
+    text = "See [the long and winding documentation page here](https://example.com/a, b) now, Dr. Who said."
+    phrases = list(split_stream(iter([text]), mode="phrase"))
+    assert any(
+        "[the long and winding documentation page here](https://example.com/a, b)" in p
+        for p in phrases
+    )
+    assert not any(p.endswith("Dr.") for p in phrases)
+
+
+def max_step(audio: np.ndarray) -> float:
+    return float(np.abs(np.diff(audio)).max())
+
+
+def test_joins_have_no_discontinuity() -> None:
+    """Pieces that end and start far from zero must meet without a step (a click)."""
+    rate = 16_000
+    t = np.arange(rate // 4) / rate
+    pieces = [
+        np.full(rate // 4, 0.8, np.float32),
+        np.full(rate // 4, -0.8, np.float32),
+        (0.9 * np.sin(2 * np.pi * 220 * t + 1.3)).astype(np.float32),
+        (0.9 * np.cos(2 * np.pi * 330 * t)).astype(np.float32),
+    ]
+    raw = np.concatenate(pieces)
+    assert max_step(raw) > 1.0  # the naive join clicks
+    inner = max(max_step(p) for p in pieces)
+    for pause_ms in (0.0, 90.0):
+        joined = join_audio(pieces, rate, pause_ms=pause_ms)
+        assert joined.dtype == np.float32
+        assert max_step(joined) <= inner + 0.02
+
+
+def test_fade_edges_start_and_end_at_zero() -> None:
+    faded = fade_edges(np.ones(1000, np.float32), 16_000)
+    assert faded[0] == 0.0 and faded[-1] == 0.0
+    assert faded[500] == 1.0
+    assert fade_edges(np.ones(3, np.float32), 16_000).shape == (3,)
+    assert join_audio([], 16_000).size == 0

@@ -1,0 +1,79 @@
+"""The small interface every TTS backend implements, and what they share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from ...config import Settings
+from ...errors import InputError
+from ..base import Voice
+
+# (mono float32 audio, sample rate) -> [(word, start_s, end_s), ...]: how a voice
+# prefix learns where its words are (the app passes its Whisper engine).
+WordTimer = Callable[[np.ndarray, int], Sequence[Any]]
+
+
+class NothingToSpeakError(InputError):
+    """The text has nothing a voice can read (empty, only emoji, only code, other script)."""
+
+    code = "nothing_to_speak"
+
+
+class UnknownVoiceError(InputError):
+    """A voice name the backend does not offer; the message lists those it does."""
+
+    code = "unknown_voice"
+
+
+@runtime_checkable
+class SpeechBackend(Protocol):
+    """One TTS model family behind one interface.
+
+    Attributes:
+        name: registry name ("dia2", "dia", "vits").
+        model_id: the model reference it was loaded from.
+        sample_rate: rate of the audio `synthesize` returns.
+        device / dtype: where and how it runs (for the load report).
+        max_chars: the longest text one `synthesize` call takes (longer text is split).
+        english_only: the model reads English only (others are warned about).
+    """
+
+    name: ClassVar[str]
+    model_id: str
+    sample_rate: int
+    device: str
+    dtype: str
+    max_chars: int
+    english_only: bool
+
+    def synthesize(self, text: str, voice: str | None = None) -> np.ndarray:
+        """Speak one piece of plain text (at most `max_chars`); float32 mono samples."""
+        ...
+
+    def voices(self) -> list[Voice]: ...
+
+
+@runtime_checkable
+class WordStreamingBackend(SpeechBackend, Protocol):
+    """A backend that takes its text while speaking (Dia2)."""
+
+    def stream_phrases(
+        self, phrases: Iterable[str], voice: str | None = None, cancel: object | None = None
+    ) -> Iterator[np.ndarray]:
+        """Audio chunks for speakable phrases that arrive while the audio plays."""
+        ...
+
+
+def torch_dtype(name: str):
+    """torch dtype from its name ("float32", "bfloat16", "float16")."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def from_pretrained_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `from_pretrained` on an already resolved local directory."""
+    return {"local_files_only": True} if settings.offline else {}
