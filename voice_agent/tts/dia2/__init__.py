@@ -1,0 +1,42 @@
+"""Our own Dia2 runtime: official checkpoints, exact parity, streaming text in and audio out.
+
+Public API: `Dia2Runtime.from_pretrained(...)`, `runtime.generate(script)`,
+`runtime.stream(script_or_feed)`, `TextFeed`, `Dia2GenerationConfig`,
+`Dia2Result`, `Dia2Prefix`, and the error classes. Importing this package
+imports torch; `voice_agent.tts` imports it lazily.
+"""
+
+from .errors import (
+    CheckpointMismatchError,
+    ContextOverflowError,
+    Dia2Error,
+    EmptyScriptError,
+    NoSpeechError,
+    NotADia2CheckpointError,
+    PrefixError,
+    UnknownTagError,
+)
+from .prefix import Dia2Prefix, WordTimer
+from .runtime import Dia2GenerationConfig, Dia2Result, Dia2Runtime, InvalidSettingsError
+from .sampling import SamplingConfig
+from .streaming import Dia2Stream, TextFeed
+
+__all__ = [
+    "CheckpointMismatchError",
+    "ContextOverflowError",
+    "Dia2Error",
+    "Dia2GenerationConfig",
+    "Dia2Prefix",
+    "Dia2Result",
+    "Dia2Runtime",
+    "Dia2Stream",
+    "EmptyScriptError",
+    "InvalidSettingsError",
+    "NoSpeechError",
+    "NotADia2CheckpointError",
+    "PrefixError",
+    "SamplingConfig",
+    "TextFeed",
+    "UnknownTagError",
+    "WordTimer",
+]
