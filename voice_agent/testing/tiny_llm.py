@@ -1,0 +1,251 @@
+"""Tiny random Qwen2 checkpoints for tests and benchmarks, built offline in about a second.
+
+`build(out_dir)` writes a complete checkpoint the real loading code reads as if it came
+from the hub: `config.json`, `model.safetensors`, `generation_config.json` and a real
+byte-level BPE tokenizer (trained here on the English text below, deterministically) with
+Qwen's special tokens and a ChatML chat template.
+
+The tiny model never chooses a special token under greedy decoding (their output rows are
+zero while every other logit is random), so a test's generation always runs until
+`max_new_tokens`, a stop string or a cancel: lengths are predictable.
+
+`qwen25_config(size)` gives the exact shapes of Qwen2.5-0.5B/1.5B for the benchmark, and
+`build_shaped(size, out_dir)` writes such a model with random weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+EOS = "<|im_end|>"
+PAD = "<|endoftext|>"
+BPE_VOCAB_SIZE = 512  # 256 byte symbols + merges; the specials come on top
+TINY_CONTEXT = 512  # small so history-trimming tests are cheap
+
+# Qwen2.5's chat template, reduced to what the engine uses (no tool calls): ChatML with a
+# default system prompt when the conversation has none.
+CHATML_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- set loop_messages = messages[1:] %}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- set loop_messages = messages %}"
+    "{%- endif %}"
+    "{%- for message in loop_messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Training text for the tokenizer: plain conversational English, fixed so the tokenizer
+# (and therefore every test's token counts) is the same on every machine.
+CORPUS = """\
+Hello there. What is the weather like today? It is sunny with a light breeze this morning.
+Could you tell me a short story about a lighthouse keeper and a lost ship at sea?
+The keeper lit the lamp every night, and one stormy evening a small boat found the harbour.
+Please set a timer for ten minutes. Sure, your timer is set for ten minutes starting now.
+What time is it in Tokyo? It is nine in the evening there, eight hours ahead of Paris.
+I would like a recipe for pancakes. Mix flour, milk, two eggs and a pinch of salt, then fry.
+How far away is the moon? About three hundred and eighty four thousand kilometres on average.
+Thank you very much for your help. You are welcome, have a wonderful day and talk soon.
+Can you explain why the sky is blue? Sunlight scatters off air, and blue light scatters most.
+Remind me to call my sister tomorrow at noon. I will remind you tomorrow at twelve o'clock.
+The quick brown fox jumps over the lazy dog while the cat sleeps by the warm fire.
+Numbers like 1, 2, 3, 42 and 2024 appear in questions about dates, prices and distances.
+"""
+
+
+def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE (Qwen's pre-tokenizer) trained on `CORPUS`: (vocab, merges)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    state = json.loads(tokenizer.to_str())["model"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return state["vocab"], merges
+
+
+def build_tokenizer(out_dir: Path | None = None) -> Any:
+    """A `Qwen2Tokenizer` with Qwen's special tokens and a ChatML template (saved if `out_dir`)."""
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+    vocab, merges = _train_bpe()
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=list(SPECIAL_TOKENS),
+        model_max_length=TINY_CONTEXT,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    if out_dir is not None:
+        tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def tiny_config(vocab_size: int, **overrides: Any) -> Any:
+    """A Qwen2 config with two small layers (about 0.1 M parameters)."""
+    from transformers import Qwen2Config
+
+    values: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=TINY_CONTEXT,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        use_cache=True,
+        dtype="float32",
+    )
+    values.update(overrides)
+    return Qwen2Config(**values)
+
+
+def _silence_special_tokens(model: Any, token_ids: list[int]) -> None:
+    """Zero the output rows of special tokens so greedy decoding never picks them."""
+    import torch
+
+    with torch.no_grad():
+        model.lm_head.weight[token_ids] = 0.0
+
+
+def build(out_dir: Path, *, seed: int = 0) -> Path:
+    """Write a tiny random Qwen2 chat model with a real tokenizer to `out_dir`; returns it.
+
+    Deterministic (same seed, same files) and network-free.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out_dir)
+    special_ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD)
+    config = tiny_config(
+        len(tokenizer), bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    _silence_special_tokens(model, special_ids)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[eos_id, pad_id],
+        pad_token_id=pad_id,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        max_new_tokens=64,
+    )
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+# --- benchmark-sized models ------------------------------------------------------------------
+
+QwenSize = Literal["0.5B", "1.5B"]
+
+# Shapes from the published Qwen2.5 configs (vocab 151936, tied embeddings, GQA with 2 KV heads).
+QWEN25_SHAPES: dict[str, dict[str, int]] = {
+    "0.5B": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+    ),
+    "1.5B": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+    ),
+}
+QWEN25_VOCAB = 151936
+
+
+def qwen25_config(size: QwenSize, **overrides: Any) -> Any:
+    """A Qwen2 config with the exact shapes of Qwen2.5-`size` (random weights go in it)."""
+    values: dict[str, Any] = dict(
+        QWEN25_SHAPES[size],
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+    )
+    values.update(overrides)
+    return tiny_config(QWEN25_VOCAB, **values)
+
+
+def build_shaped_model(size: QwenSize, dtype: str = "bfloat16", seed: int = 0) -> Any:
+    """A Qwen2.5-`size`-shaped `Qwen2ForCausalLM` with random weights, in memory.
+
+    Built on the meta device and then materialised, so no fp32 copy is made for bf16.
+    """
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    config = qwen25_config(size)
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    model = model.to_empty(device="cpu").to(getattr(torch, dtype))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, config.initializer_range)
+    # The rotary frequencies are buffers computed at construction: rebuild them off meta.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config)
+    model.tie_weights()  # to_empty() gave lm_head its own tensor; Qwen2.5 shares the embedding
+    model.eval()
+    return model
+
+
+def build_shaped(size: QwenSize, out_dir: Path, *, seed: int = 0) -> Path:
+    """Write a Qwen2.5-`size`-shaped random checkpoint (bf16, like the hub's) with the tiny tokenizer.
+
+    Token ids above the tiny tokenizer's vocabulary decode to nothing; speed does not
+    depend on it, and the engine counts tokens, not characters.
+    """
+    from transformers import GenerationConfig
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out_dir)
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD)
+    model = build_shaped_model(size, "bfloat16", seed)
+    model.config.eos_token_id = eos_id
+    model.config.pad_token_id = pad_id
+    model.generation_config = GenerationConfig(eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
+    model.save_pretrained(out_dir)
+    del model
+    return out_dir
