@@ -1,0 +1,263 @@
+"""Fakes for the REST tests: engines that implement the stage Protocols, a `LoadedModels`
+stand-in, and a real uvicorn server on a free loopback port in a background thread.
+
+The fakes are slow on purpose when asked (`delay_s`) so tests can fill queues and
+disconnect mid-stream; they record what they saw (cancellations, concurrency).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import uvicorn
+
+from voice_agent.cancel import is_cancelled
+from voice_agent.config import Settings, load_settings
+from voice_agent.errors import InputError, ModelUnavailableError
+from voice_agent.llm.base import ChatMessage, GenerationSettings, Reply, ReplyStream
+from voice_agent.loading import Attempt, LoadReport
+from voice_agent.stt.base import Transcript
+from voice_agent.tts.base import AudioChunk, Voice
+
+
+def _report(component: str, model_id: str) -> LoadReport:
+    report = LoadReport(component=component, model_ref=model_id, source="fake")
+    report.attempts.append(Attempt("fake", "cpu", "float32", None, "chosen", seconds=0.01))
+    return report
+
+
+class _Activity:
+    """Counts concurrent calls so tests can check one request at a time per engine."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+        self.calls = 0
+        self.cancelled = 0
+
+    def __enter__(self) -> None:
+        with self.lock:
+            self.active += 1
+            self.calls += 1
+            self.max_active = max(self.max_active, self.active)
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.active -= 1
+
+
+class FakeLLM(_Activity):
+    """Replies 'echo: <last user message>' one word per piece, `delay_s` per piece."""
+
+    model_id = "fake-llm"
+    context_length = 512
+
+    def __init__(self, delay_s: float = 0.0, words: int | None = None) -> None:
+        super().__init__()
+        self.report = _report("llm", self.model_id)
+        self.delay_s = delay_s
+        self.words = words  # None: echo the message; N: produce N words
+        self.last_settings: GenerationSettings | None = None
+        self.last_system_prompt: str | None = None
+        self.last_messages: list[ChatMessage] | str | None = None
+
+    def _pieces(self, messages: list[ChatMessage] | str, settings: GenerationSettings) -> list[str]:
+        if isinstance(messages, str):
+            text = messages
+        else:
+            users = [m["content"] for m in messages if m["role"] == "user"]
+            if not users:
+                raise InputError("no user message")
+            text = users[-1]
+        words = ["echo:", *text.split()] if self.words is None else ["w"] * self.words
+        return [w + " " for w in words][: settings.max_new_tokens]
+
+    def stream_reply(
+        self,
+        messages: list[ChatMessage] | str,
+        settings: GenerationSettings | None = None,
+        cancel: object | None = None,
+        system_prompt: str | None = None,
+    ) -> ReplyStream:
+        settings = settings or GenerationSettings()
+        self.last_settings, self.last_system_prompt = settings, system_prompt
+        self.last_messages = messages
+        pieces = self._pieces(messages, settings)
+        stream = ReplyStream(iter(()))
+
+        def run() -> Iterator[str]:
+            out: list[str] = []
+            finish = "length" if len(pieces) == settings.max_new_tokens else "stop"
+            with self:
+                try:
+                    for piece in pieces:
+                        if is_cancelled(cancel):
+                            finish = "cancelled"
+                            break
+                        time.sleep(self.delay_s)
+                        out.append(piece)
+                        yield piece
+                finally:
+                    # Stopped by the token, or closed by the caller before the end.
+                    if len(out) < len(pieces):
+                        with self.lock:
+                            self.cancelled += 1
+            stream.reply = Reply(
+                "".join(out), finish, prompt_tokens=7, completion_tokens=len(out), seconds=0.01
+            )
+
+        stream.pieces = run()
+        return stream
+
+    def generate_reply(
+        self,
+        messages: list[ChatMessage] | str,
+        settings: GenerationSettings | None = None,
+        cancel: object | None = None,
+        system_prompt: str | None = None,
+    ) -> Reply:
+        stream = self.stream_reply(messages, settings, cancel, system_prompt)
+        for _ in stream:
+            pass
+        assert stream.reply is not None
+        return stream.reply
+
+
+class FakeSTT(_Activity):
+    """Transcribes anything to 'fake transcript' after `delay_s`."""
+
+    model_id = "fake-whisper"
+    sample_rate = 16_000
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.report = _report("stt", self.model_id)
+        self.delay_s = delay_s
+
+    def transcribe(self, audio: Any, language: str | None = None) -> Transcript:
+        rate, samples = audio
+        with self:
+            time.sleep(self.delay_s)
+        return Transcript(
+            text="fake transcript",
+            language=language or "en",
+            duration_s=len(samples) / rate,
+            seconds=self.delay_s,
+        )
+
+
+class FakeTTS(_Activity):
+    """A 440 Hz tone, `chunks` chunks of 0.1 s, `delay_s` per chunk; voices default + narrator."""
+
+    backend = "fake"
+    model_id = "fake-tts"
+    sample_rate = 16_000
+
+    def __init__(self, delay_s: float = 0.0, chunks: int = 3) -> None:
+        super().__init__()
+        self.report = _report("tts", self.model_id)
+        self.delay_s = delay_s
+        self.chunks = chunks
+        self.last_voice: str | None = "unset"
+
+    def voices(self) -> list[Voice]:
+        return [Voice("default", "Default"), Voice("narrator", "Narrator", "slow and calm")]
+
+    def _tone(self) -> np.ndarray:
+        t = np.arange(self.sample_rate // 10) / self.sample_rate
+        return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+    def synthesize(self, text: str, voice: str | None = None) -> tuple[int, np.ndarray]:
+        chunks = list(self.stream(text, voice))
+        return self.sample_rate, np.concatenate([c.samples for c in chunks])
+
+    def stream(
+        self, text: str | Iterable[str], voice: str | None = None, cancel: object | None = None
+    ) -> Iterator[AudioChunk]:
+        if voice not in (None, "default", "narrator"):
+            raise InputError(f"unknown voice {voice!r}")
+        self.last_voice = voice
+        done = 0
+        with self:
+            try:
+                for i in range(self.chunks):
+                    if is_cancelled(cancel):
+                        return
+                    time.sleep(self.delay_s)
+                    yield AudioChunk(self.sample_rate, self._tone(), final=i == self.chunks - 1)
+                    done += 1
+            finally:
+                if done < self.chunks:  # stopped by the token or closed by the caller
+                    with self.lock:
+                        self.cancelled += 1
+
+
+class FakeModels:
+    """Stand-in for `voice_agent.models.LoadedModels` with the same attributes."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        llm: Any = None,
+        stt: Any = None,
+        tts: Any = None,
+        status: dict[str, str] | None = None,
+        errors: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings or load_settings({})
+        self.llm = llm if llm is not None else FakeLLM()
+        self.stt = stt if stt is not None else FakeSTT()
+        self.tts = tts if tts is not None else FakeTTS()
+        self.reports = {c: getattr(self, c).report for c in ("llm", "stt", "tts")}
+        self.status = status or {"llm": "ready", "stt": "ready", "tts": "ready"}
+        self.errors = errors or {}
+
+    def require(self, component: str) -> Any:
+        if self.status.get(component) != "ready":
+            raise ModelUnavailableError(
+                f"the {component} model is not available: {self.errors.get(component)}"
+            )
+        return getattr(self, component)
+
+    def ready(self) -> bool:
+        return all(s == "ready" for s in self.status.values())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.ready()
+
+
+def settings_with(**env: str) -> Settings:
+    """Settings from defaults plus the given variables (e.g. MODEL_SERVER_QUEUE_SIZE="4")."""
+    return load_settings(env)
+
+
+class LiveServer:
+    """A real uvicorn server for `app` on a free 127.0.0.1 port, in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,116 @@
+"""`voice_agent.limits` on its own: admission, the worker pump, cancellation and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from voice_agent.cancel import CancelToken
+from voice_agent.errors import BusyError
+from voice_agent.limits import EngineGate, RequestTimeoutError, pump, run_gated
+
+
+def test_admission_refuses_beyond_the_queue_at_once() -> None:
+    gate = EngineGate("tts", queue_size=2)
+    for _ in range(3):  # one running + two waiting
+        gate.admit()
+    t0 = time.monotonic()
+    with pytest.raises(BusyError, match="queue size 2") as info:
+        gate.admit()
+    assert time.monotonic() - t0 < 0.1 and info.value.retry_after_s >= 1
+    gate.leave()
+    gate.admit()  # a place freed up
+
+
+def test_pump_yields_in_order_and_releases_the_engine() -> None:
+    gate = EngineGate("llm", queue_size=1)
+
+    async def collect() -> list[int]:
+        return [x async for x in pump(gate, lambda tok: iter(range(20)), token=CancelToken(),
+                                      timeout_s=5)]  # fmt: skip
+
+    assert asyncio.run(collect()) == list(range(20))
+    time.sleep(0.05)
+    assert gate.admitted == 0 and not gate.lock.locked()
+
+
+def test_consumer_leaving_early_closes_the_engine_generator() -> None:
+    gate = EngineGate("llm", queue_size=1)
+    closed = threading.Event()
+    token = CancelToken()
+
+    def produce(tok: CancelToken) -> Iterator[int]:
+        try:
+            for i in range(10_000):
+                time.sleep(0.001)
+                yield i
+        finally:
+            closed.set()
+
+    async def take_three() -> list[int]:
+        out = []
+        stream = pump(gate, produce, token=token, timeout_s=5)
+        async for x in stream:
+            out.append(x)
+            if len(out) == 3:
+                break
+        await stream.aclose()
+        return out
+
+    assert asyncio.run(take_three()) == [0, 1, 2]
+    assert closed.wait(2) and token.cancelled
+    deadline = time.monotonic() + 2
+    while gate.lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not gate.lock.locked()
+
+
+def test_cancelled_while_queued_ends_at_once() -> None:
+    """Regression: a worker cancelled while waiting for the engine delivered nothing, so
+    its request waited out the whole deadline before giving up."""
+    gate = EngineGate("stt", queue_size=1)
+    gate.lock.acquire()  # someone else holds the engine
+    token = CancelToken()
+
+    async def wait_then_cancel() -> float:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, token.cancel)
+        t0 = time.monotonic()
+        with pytest.raises(RequestTimeoutError, match="cancelled"):
+            await run_gated(gate, lambda tok: 1, token=token, timeout_s=30)
+        return time.monotonic() - t0
+
+    try:
+        assert asyncio.run(wait_then_cancel()) < 2
+    finally:
+        gate.lock.release()
+    time.sleep(0.2)
+    assert gate.admitted == 0
+
+
+def test_deadline_cancels_the_work_and_waiting_past_it_is_busy() -> None:
+    gate = EngineGate("llm", queue_size=1)
+    token = CancelToken()
+
+    def slow(tok: CancelToken) -> str:
+        while not tok.cancelled:
+            time.sleep(0.01)
+        return "stopped"
+
+    async def run_slow() -> None:
+        await run_gated(gate, slow, token=token, timeout_s=0.2)
+
+    with pytest.raises(RequestTimeoutError, match="0.2 s"):
+        asyncio.run(run_slow())
+    assert token.reason == "timeout"
+
+    gate.lock.acquire()
+    try:
+        with pytest.raises(BusyError, match="stayed busy"):
+            asyncio.run(run_gated(gate, lambda tok: 1, token=CancelToken(), timeout_s=0.2))
+    finally:
+        gate.lock.release()

@@ -1,0 +1,253 @@
+"""The official `openai` package, unchanged, against our /v1 routes (fake engines): chat plain
+and streaming, transcription in every response format, speech, models, voices, and the
+errors it raises for what we refuse."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from tests.server_fakes import FakeModels, FakeTTS, LiveServer, settings_with
+from voice_agent.server import create_app
+
+KEY = "sk-local-test"
+
+
+@pytest.fixture(scope="module")
+def fakes() -> FakeModels:
+    return FakeModels(settings_with(MODEL_SERVER_API_KEY=KEY))
+
+
+@pytest.fixture(scope="module")
+def server(fakes: FakeModels) -> Iterator[LiveServer]:
+    with LiveServer(create_app(fakes)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
+
+
+def test_chat_completion(client: openai.OpenAI, fakes: FakeModels) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": "hello there"},
+        ],
+        temperature=0.2,
+        max_tokens=10,
+        seed=1,
+        stop=["END"],
+    )
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == "fake-llm"  # the real id, whatever was asked for
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "echo: hello there "
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+    assert completion.usage.total_tokens == 10
+    sent = fakes.llm.last_settings
+    assert (sent.temperature, sent.max_new_tokens, sent.seed, sent.stop) == (0.2, 10, 1, ("END",))
+    assert fakes.llm.last_messages[0] == {"role": "system", "content": "be brief"}
+
+
+def test_chat_content_parts_and_length_finish(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="anything-at-all",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "one two three"}]}],
+        max_completion_tokens=2,
+    )
+    assert completion.choices[0].message.content == "echo: one "
+    assert completion.choices[0].finish_reason == "length"
+
+
+def test_chat_stream(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "a b c"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: a b c "
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and set(finishes[:-1]) == {None}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+
+
+def test_chat_stream_ends_with_done(server: LiveServer) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in r.text.split("\n\n") if line]
+    assert events[-1] == "data: [DONE]"
+    assert all(e.startswith("data: ") for e in events)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"n": 2}, ["n"]),
+        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, ["tool"]),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://x/y"}}],
+                    }
+                ]
+            },
+            ["image_url", "only text"],
+        ),
+        ({"messages": []}, ["empty"]),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+            ["tools"],
+        ),
+        ({"temperature": 3}, ["temperature"]),
+        ({"max_tokens": 0}, ["max_tokens"]),
+        ({"messages": [{"role": "user", "content": "x" * 60_001}]}, ["MAX_TEXT_CHARS"]),
+    ],
+)
+def test_chat_refusals_are_openai_errors(
+    client: openai.OpenAI, kwargs: dict, words: list[str]
+) -> None:
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **kwargs}
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(**request)
+    assert info.value.status_code in (400, 413)
+    message = info.value.body["message"]  # type: ignore[index]
+    for word in words:
+        assert word in message
+
+
+def test_transcription_formats(client: openai.OpenAI, assets_dir: Path) -> None:
+    path = assets_dir / "hello.wav"
+    with path.open("rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert result.text == "fake transcript"
+    with path.open("rb") as f:
+        text = client.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="text", language="en"
+        )
+    assert text.strip() == "fake transcript"
+    with path.open("rb") as f:
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1", file=f, response_format="verbose_json", language="de"
+        )
+    assert verbose.text == "fake transcript" and verbose.language == "de"
+    assert verbose.duration == pytest.approx(3.4, abs=0.1)
+    assert verbose.segments and verbose.segments[0].end == pytest.approx(verbose.duration)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "words"),
+    [
+        ({"response_format": "srt"}, 400, ["srt", "json, text, verbose_json"]),
+        ({"file": ("a.wav", b"garbage" * 50)}, 400, []),
+        ({"file": ("a.wav", b"")}, 400, ["empty"]),
+        ({"language": "not a language!"}, 400, ["language"]),
+    ],
+)
+def test_transcription_refusals(
+    client: openai.OpenAI, assets_dir: Path, kwargs: dict, status: int, words: list[str]
+) -> None:
+    request = {"model": "whisper-1", "file": (assets_dir / "hello.wav").read_bytes(), **kwargs}
+    with pytest.raises(openai.APIStatusError) as info:
+        client.audio.transcriptions.create(**request)
+    assert info.value.status_code == status
+    for word in words:
+        assert word in info.value.body["message"]  # type: ignore[index]
+
+
+def test_speech_wav_pcm_and_streamed(client: openai.OpenAI, fakes: FakeModels) -> None:
+    audio = client.audio.speech.create(
+        model="tts-1", voice="alloy", input="hello", response_format="wav"
+    )
+    samples, rate = sf.read(io.BytesIO(audio.content), dtype="float32")
+    assert rate == 16_000 and len(samples) == 3 * 1600
+    assert fakes.tts.last_voice is None
+
+    audio = client.audio.speech.create(
+        model="tts-1-hd", voice="narrator", input="hello", response_format="pcm"
+    )
+    pcm = np.frombuffer(audio.content, dtype="<i2")
+    assert len(pcm) == 3 * 1600 and fakes.tts.last_voice == "narrator"
+
+    # No response_format: OpenAI's default is mp3, which we cannot make; WAV is the answer.
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="nova", input="hello"
+    ) as response:
+        assert response.headers["content-type"] == "audio/wav"
+        data = b"".join(response.iter_bytes())
+    assert data[:4] == b"RIFF" and len(data) == 44 + 2 * 3 * 1600
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"response_format": "mp3"}, ["mp3", "wav, pcm"]),
+        ({"voice": "gandalf"}, ["gandalf", "narrator"]),
+        ({"input": ""}, ["input", "empty"]),
+        ({"speed": 1.5}, ["speed"]),
+    ],
+)
+def test_speech_refusals(client: openai.OpenAI, kwargs: dict, words: list[str]) -> None:
+    request = {"model": "tts-1", "voice": "alloy", "input": "hi", "response_format": "wav"}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.speech.create(**{**request, **kwargs})
+    for word in words:
+        assert word in info.value.body["message"]  # type: ignore[index]
+
+
+def test_models_and_voices(client: openai.OpenAI, server: LiveServer) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["fake-llm", "fake-whisper", "fake-tts"]
+    r = httpx.get(
+        server.url + "/v1/audio/voices", headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    )
+    body = r.json()
+    assert [v["id"] for v in body["data"]] == ["default", "narrator"]
+    assert body["openai_voices"]["alloy"] == "default"
+
+
+def test_wrong_key_is_an_authentication_error(server: LiveServer) -> None:
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_busy_is_a_503_the_sdk_can_retry() -> None:
+    tts = FakeTTS(delay_s=0.3, chunks=2)
+    models = FakeModels(settings_with(MODEL_SERVER_QUEUE_SIZE="0"), tts=tts)
+    with LiveServer(create_app(models)) as live:
+        sdk = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=30)
+        with httpx.stream(
+            "POST", live.url + "/tts", json={"text": "first", "stream": True}, timeout=30
+        ) as first:
+            assert first.status_code == 200
+            with pytest.raises(openai.InternalServerError) as info:
+                sdk.audio.speech.create(model="tts-1", voice="alloy", input="second")
+            assert info.value.status_code == 503
+            assert int(info.value.response.headers["retry-after"]) >= 1
+            first.read()

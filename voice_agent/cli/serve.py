@@ -1,0 +1,100 @@
+"""`serve`: the REST API alone (no UI) on MODEL_SERVER_HOST:MODEL_SERVER_PORT.
+
+Models load in the background through the cached loader, so `GET /health`
+answers at once (503 with progress until every model is ready).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+from ..config import Settings, get_settings, is_loopback
+
+
+def bind_problem(host: str, api_key: str | None) -> str | None:
+    """Why listening on `host` is refused, or None when it is allowed.
+
+    A non-loopback address without an API key would hand the models to anyone
+    who can reach the machine.
+    """
+    if is_loopback(host) or api_key:
+        return None
+    return (
+        f"refusing to listen on {host} without an API key: anyone who can reach this machine "
+        "could use the models. Set MODEL_SERVER_API_KEY (clients then send "
+        "`Authorization: Bearer <key>`) or listen on 127.0.0.1."
+    )
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound (in use, no such address), or None.
+
+    Checked before the models start loading, so a taken port fails in a moment.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot use host {host!r}: {exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port"
+    return None
+
+
+def run(settings: Settings, host: str, port: int) -> int:
+    """Start loading, then serve until interrupted; returns the exit code."""
+    import uvicorn
+
+    from ..models import get_models
+    from ..server import create_app
+
+    models = get_models(settings, background=True)
+    app = create_app(models, settings)
+    print(f"voice-agent REST API on http://{host}:{port} (docs at /docs, health at /health)")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # keep the entry point's logging format
+        access_log=True,  # method, path and status only: never bodies or headers
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits when it cannot bind
+        return int(exc.code or 1)
+    return 0 if server.started else 1
+
+
+def main(argv: list[str]) -> int:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m voice_agent serve",
+        description="Serve the REST API (seed routes and OpenAI-compatible /v1) without the UI.",
+    )
+    parser.add_argument(
+        "--host", default=settings.server_host, help="bind address (MODEL_SERVER_HOST)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=settings.server_port, help="port (MODEL_SERVER_PORT)"
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port {args.port} is not a port number (0 to 65535)", file=sys.stderr)
+        return 2
+    problem = bind_problem(args.host, settings.api_key)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    problem = port_problem(args.host, args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    return run(settings, args.host, args.port)
