@@ -1,0 +1,253 @@
+"""The app in a real browser: `python app.py` on tiny checkpoints, driven by headless Chromium.
+
+Uses Debian's `/usr/bin/chromium` through Playwright for Python (browser
+downloads are not possible everywhere), with a fake microphone playing
+`assets/speech_pause_speech.wav` for hands-free mode. Screenshots go to
+`test-artifacts/`.
+Select with `pytest -k browser`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    # A fake microphone that plays a recording: speech, a 1.2 s pause, speech.
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    f"--use-file-for-fake-audio-capture={REPO / 'assets' / 'speech_pause_speech.wav'}%noloop",
+]
+START_TIMEOUT_S = 180
+TURN_TIMEOUT_MS = 90_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str) -> tuple[int, dict | None]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def wait_for_models(base: str, proc: subprocess.Popen, log: Path) -> dict:
+    """Poll /health until every model settled; return the snapshot."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            status, snap = get_json(f"{base}/health")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+            continue
+        states = {c: (e or {}).get("status") for c, e in ((snap or {}).get("models") or {}).items()}
+        if states and all(s in ("ready", "failed") for s in states.values()):
+            assert status == 200, f"a model failed: {snap}"
+            return snap
+        time.sleep(0.5)
+    pytest.fail(f"the models did not load in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+def start_app(tmp_path: Path, models: dict[str, str], log_name: str):
+    """Start `python app.py` on a free loopback port; yields (base URL, process, log)."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        models,
+        HF_HUB_OFFLINE="1",
+        LLM_DEVICE="cpu",
+        GRADIO_ANALYTICS_ENABLED="False",
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="2",
+    )
+    log = tmp_path / log_name
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        yield base, proc, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / log_name).write_text(log.read_text())
+
+
+@pytest.fixture
+def running_app(tiny_models: Path, tmp_path: Path):
+    models = {
+        "MODEL_SERVER_MODEL_NAME": str(tiny_models / "llm"),
+        "STT_MODEL_NAME": str(tiny_models / "stt"),
+        "TTS_BACKEND": "vits",
+        "TTS_MODEL_NAME": str(tiny_models / "vits"),
+    }
+    yield from start_app(tmp_path, models, "browser-app.log")
+
+
+def open_page(browser, base: str, proc: subprocess.Popen):
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.set_default_timeout(TURN_TIMEOUT_MS)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            page.goto(base, wait_until="domcontentloaded")
+            return page
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.mark.browser
+def test_browser_conversation_diagnostics_and_self_test(running_app):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (CI installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    base, proc, log = running_app
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            expect.set_options(timeout=TURN_TIMEOUT_MS)
+            # The page opens while the models are still loading and shows their progress.
+            page = open_page(browser, base, proc)
+            expect(page.locator("#va-header")).to_be_visible()
+            expect(page.locator("#chat")).to_be_visible()
+            page.screenshot(path=ARTIFACTS / "01-opened.png")
+            snap = wait_for_models(base, proc, log)
+            # Once every model is ready the loading banner goes away (polled each second).
+            expect(page.get_by_text("Loading models")).to_have_count(0, timeout=15_000)
+
+            # The tiny LLM has a 512-token context: keep replies short (Settings panel).
+            page.locator("#settings").get_by_text("Settings", exact=True).click()
+            max_tokens = page.locator("#max-tokens input[type=number]")
+            max_tokens.fill("48")
+            max_tokens.press("Enter")
+
+            # A typed turn: the reply streams in, then its latency line; the voice plays.
+            box = page.locator("#message textarea")
+            box.fill("Hello there, how are you?")
+            box.press("Enter")
+            chat = page.locator("#chat")
+            expect(chat).to_contain_text("Hello there, how are you?")
+            expect(chat.locator(".turn-latency")).to_contain_text("first word")
+            audio = page.locator("#reply-audio audio")
+            expect(audio).to_have_count(1)
+            src = audio.first.get_attribute("src") or ""
+            assert src, "the reply audio element has a source"
+            expect(page.locator("#turn-status")).to_contain_text("Ready")
+            page.screenshot(path=ARTIFACTS / "02-conversation.png", full_page=True)
+
+            # Diagnostics: the LLM's strategy and the bitsandbytes probe, as /health reports them.
+            page.get_by_role("tab", name="Diagnostics").click()
+            strategy = snap["models"]["llm"]["report"]["chosen"]["strategy"]
+            expect(page.locator("#diag-models")).to_contain_text(strategy)
+            expect(page.locator("#bnb-probe")).to_contain_text(snap["bitsandbytes"]["diagnosis"])
+            expect(page.locator("#latency-summary")).to_contain_text("1 recent turn")
+            page.screenshot(path=ARTIFACTS / "03-diagnostics.png", full_page=True)
+
+            page.get_by_role("button", name="Run self-test").click()
+            headline = page.locator("#self-test-headline")
+            expect(headline).to_contain_text("stages", timeout=TURN_TIMEOUT_MS)
+            table = page.locator("#self-test-table")
+            for stage in ("stt", "llm", "tts", "pipeline"):
+                expect(table).to_contain_text(stage)
+            headline.scroll_into_view_if_needed()
+            page.screenshot(path=ARTIFACTS / "04-self-test.png", full_page=True)
+
+            # Hands-free: the fake microphone talks; a pause ends the turn and a reply comes.
+            page.get_by_role("tab", name="Conversation").click()
+            page.locator("#hands-free input[type=checkbox]").check()
+            hf_mic = page.locator("#hands-free-mic")
+            expect(hf_mic).to_be_visible()
+            hf_mic.get_by_role("button", name="Record").click()
+            # Two utterances (the pause splits them); the second may barge in on the first
+            # reply. At least one spoken turn is answered, with its full latency line.
+            expect(chat.locator(".via-voice")).to_have_count(2)
+            answered = chat.locator(".turn-latency").filter(has_text="heard in")
+            expect(answered.filter(has_text="first word").first).to_be_visible()
+            expect(page.locator("#turn-status")).to_contain_text("Ready")
+            page.screenshot(path=ARTIFACTS / "05-hands-free.png", full_page=True)
+            hf_mic.get_by_role("button", name="Stop").click()
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_browser_degraded_mode_explains_what_is_missing(tmp_path: Path):
+    """A fresh clone offline: no model can load, yet the page opens and says why."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (CI installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    missing = tmp_path / "no-such-model"
+    models = {
+        "MODEL_SERVER_MODEL_NAME": str(missing / "llm"),
+        "STT_MODEL_NAME": str(missing / "stt"),
+        "TTS_BACKEND": "vits",
+        "TTS_MODEL_NAME": str(missing / "vits"),
+    }
+    app = start_app(tmp_path, models, "browser-degraded-app.log")
+    base, proc, _ = next(app)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                expect.set_options(timeout=60_000)
+                page = open_page(browser, base, proc)
+                banner = page.locator("#status-banner")
+                expect(banner).to_contain_text("degraded mode")
+                expect(banner).to_contain_text("Speech recognition is unavailable")
+                page.screenshot(path=ARTIFACTS / "06-degraded.png")
+                # Typing still gets a clear answer instead of a broken page.
+                box = page.locator("#message textarea")
+                box.fill("Anyone there?")
+                box.press("Enter")
+                expect(page.locator("#chat")).to_contain_text(
+                    "language model model is not available"
+                )
+                page.get_by_role("button", name="Open Diagnostics →").click()
+                expect(page.locator("#diag-models")).to_contain_text("does not exist")
+                page.screenshot(path=ARTIFACTS / "07-degraded-diagnostics.png", full_page=True)
+            finally:
+                browser.close()
+    finally:
+        next(app, None)

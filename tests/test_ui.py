@@ -1,0 +1,526 @@
+"""The Gradio app: Blocks build, event wiring and every handler, driven directly.
+
+Handlers run on a real `Agent` over fake engines (`fakes.py`) for speed and
+control, and once over the tiny checkpoints; `app.py`'s routing of REST and
+UI paths runs through Starlette's test client.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import types
+import wave
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import FakeLLM, fake_models
+
+gr = pytest.importorskip("gradio")
+
+from voice_agent import ui_diagnostics as diag  # noqa: E402
+from voice_agent.agent import Agent  # noqa: E402
+from voice_agent.ui import build_ui  # noqa: E402
+from voice_agent.ui_conversation import UISession, latency_line, wav_bytes  # noqa: E402
+from voice_agent.ui_handlers import status_banner  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_app(models, snapshot=None):
+    """(blocks, handlers, agent) over `models`."""
+    agent = Agent(models)
+    demo = build_ui(lambda: agent, models, snapshot=snapshot, pause_default=0.6, stream_audio=True)
+    return demo, demo.voice_agent_handlers, agent
+
+
+def controls(prompt="Be brief.", temperature=0.0, max_tokens=64, voice=""):
+    return (prompt, temperature, max_tokens, voice)
+
+
+def drain(gen):
+    return list(gen)
+
+
+def speech_clip(seconds: float, rate: int = 16_000) -> np.ndarray:
+    """A voiced, pitched signal the speech gates accept (harmonics of 140 Hz)."""
+    t = np.arange(int(seconds * rate)) / rate
+    tone = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 6))
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)
+    return (0.2 * tone * envelope).astype(np.float32)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16_000) -> Path:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@pytest.fixture
+def app():
+    return make_app(fake_models())
+
+
+def test_blocks_wire_every_control(app):
+    demo, _, _ = app
+    names = {fn.fn.__name__ for fn in demo.fns.values() if fn.fn is not None}
+    for handler in (
+        "on_load",
+        "tick",
+        "send_text",
+        "send_audio",
+        "stop",
+        "clear",
+        "transcript",
+        "toggle_hands_free",
+        "hear",
+        "hands_free_turn",
+        "hands_free_stopped",
+        "refresh",
+        "self_test",
+    ):
+        assert handler in names, handler
+    kinds = {type(block).__name__ for block in demo.blocks.values()}
+    assert {"Chatbot", "Audio", "Textbox", "DownloadButton", "BarPlot", "Dataframe"} <= kinds
+    streaming = [b for b in demo.blocks.values() if isinstance(b, gr.Audio) and b.streaming]
+    assert any(b.autoplay for b in streaming), "the reply audio must stream and autoplay"
+    assert any("microphone" in b.sources and b.sources == ["microphone"] for b in streaming)
+
+
+def test_on_load_gives_each_tab_its_own_session(app):
+    _, handlers, agent = app
+    first, second = handlers.on_load()[0], handlers.on_load()[0]
+    assert isinstance(first, UISession) and first is not second
+    assert first.session is not second.session
+    assert first.session.id != second.session.id
+
+
+def test_text_turn_streams_reply_audio_and_latency(app):
+    _, handlers, agent = app
+    ui = handlers.on_load()[0]
+    steps, seen = [], []
+    for step in handlers.send_text("  What's up?  ", ui, *controls()):
+        steps.append(step)
+        seen.append(step[0][-1]["content"])  # the chat list is updated in place
+    assert steps[0][3] == "", "the text box is cleared at once"
+    chat = steps[-1][0]
+    assert chat[0] == {"role": "user", "content": "What's up?"}
+    assert chat[1]["role"] == "assistant"
+    reply_text = chat[1]["content"]
+    assert "Hello there." in reply_text
+    assert "first word" in reply_text and "heard in" not in reply_text
+    audio = [s[1] for s in steps if isinstance(s[1], bytes)]
+    assert audio and all(a[:4] == b"RIFF" for a in audio)
+    # the reply text streamed in before the turn finished
+    assert any(p.startswith("Hello") and len(p) < len(reply_text) for p in seen)
+    assert ui.session.history[-1]["role"] == "assistant"
+    assert agent.models.llm.calls[-1]["system_prompt"] == "Be brief."
+
+
+def test_settings_panel_reaches_the_engines():
+    models = fake_models()
+    _, handlers, _ = make_app(models)
+    ui = handlers.on_load()[0]
+    drain(handlers.send_text("hi", ui, *controls("Talk like a pirate.", 0.3, 32, "default")))
+    call = models.llm.calls[-1]
+    assert call["system_prompt"] == "Talk like a pirate."
+    assert call["settings"].temperature == 0.3 and call["settings"].max_new_tokens == 32
+    assert models.tts.voices_used[-1] == "default"
+
+
+def test_empty_text_is_refused_without_a_turn(app):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    steps = drain(handlers.send_text("   ", ui, *controls()))
+    assert len(steps) == 1 and ui.chat == [] and ui.session.history == []
+
+
+def test_stop_with_nothing_running_says_so(app):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    assert handlers.stop(ui) == "Nothing is running."
+    assert handlers.stop(None) == "Nothing is running."
+
+
+def test_stop_cancels_the_running_turn_and_keeps_the_session():
+    models = fake_models(llm=FakeLLM(wait_for_cancel=True))
+    _, handlers, _ = make_app(models)
+    ui = handlers.on_load()[0]
+    result: list = []
+    worker = threading.Thread(
+        target=lambda: result.extend(handlers.send_text("Tell me a story", ui, *controls()))
+    )
+    worker.start()
+    assert models.llm.started.wait(5)
+    time.sleep(0.1)
+    assert handlers.stop(ui) == "Stopping…"
+    worker.join(10)
+    assert not worker.is_alive()
+    final = result[-1][0][-1]["content"]
+    assert "stopped" in final
+    assert ui.session.history[-1]["content"].endswith("…")
+    models.llm.wait_for_cancel = False
+    after = drain(handlers.send_text("And now?", ui, *controls()))
+    assert "Hello there." in after[-1][0][-1]["content"]
+
+
+def test_silence_recording_gets_a_message(app, assets_dir):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    steps = drain(handlers.send_audio(str(assets_dir / "silence.wav"), ui, *controls()))
+    reply = steps[-2][0][-1]["content"]
+    assert "didn't hear any speech" in reply
+    assert steps[-1][3] is None, "the microphone is cleared for the next recording"
+    assert ui.session.history == []
+
+
+def test_corrupt_upload_gets_a_message_and_the_session_goes_on(app, tmp_path):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage that is not audio" * 3)
+    steps = drain(handlers.send_audio(str(bad), ui, *controls()))
+    reply = steps[-2][0][-1]["content"]
+    assert "⚠" in reply and "Traceback" not in reply
+    after = drain(handlers.send_text("Still there?", ui, *controls()))
+    assert "Hello there." in after[-1][0][-1]["content"]
+
+
+def test_ten_minute_recording_is_refused_with_the_limit(app, tmp_path):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    long_wav = write_wav(tmp_path / "long.wav", np.zeros(8_000 * 600, np.float32), rate=8_000)
+    steps = drain(handlers.send_audio(str(long_wav), ui, *controls()))
+    reply = steps[-2][0][-1]["content"]
+    assert "MAX_AUDIO_SECONDS" in reply or "limit" in reply
+    assert ui.session.history == []
+
+
+def test_spoken_turn_shows_transcript_and_heard_latency(app, assets_dir):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    clip = assets_dir / "hello.wav"
+    steps = drain(handlers.send_audio(str(clip), ui, *controls()))
+    chat = steps[-2][0]
+    assert chat[0]["content"].endswith("What is the weather like?")
+    assert "heard in" in chat[1]["content"]
+
+
+def test_missing_model_shows_banner_and_keeps_text_working(assets_dir):
+    """A failed STT must not break the conversation: banner, message, text still answered."""
+    models = fake_models(missing=("stt",))
+    _, handlers, _ = make_app(models)
+    html, degraded, loading = status_banner(models)
+    assert degraded and not loading
+    assert "Speech recognition is unavailable" in html and "Diagnostics" in html
+    loaded = handlers.on_load()
+    assert loaded[6].visible is True, "the Open Diagnostics button shows"
+    ui = loaded[0]
+    steps = drain(handlers.send_audio(str(assets_dir / "hello.wav"), ui, *controls()))
+    assert "Type your message instead" in steps[-2][0][-1]["content"]
+    after = drain(handlers.send_text("typed", ui, *controls()))
+    assert "Hello there." in after[-1][0][-1]["content"]
+
+
+def test_loading_banner_shows_progress():
+    class Loading:
+        settings = None
+        status = {"llm": "loading", "stt": "ready", "tts": "pending"}
+        errors: dict = {}
+        progress = {"llm": (0.4, "reading weights"), "stt": (1.0, "ready"), "tts": (0.0, "waiting")}
+
+    html, degraded, loading = status_banner(Loading())
+    assert loading and not degraded
+    assert "Loading models" in html and "reading weights" in html and "width:40%" in html
+
+
+def test_two_tabs_talking_at_once_share_nothing():
+    models = fake_models(llm=FakeLLM(step_s=0.01))
+    _, handlers, _ = make_app(models)
+    tabs = [handlers.on_load()[0] for _ in range(2)]
+    outputs: dict[int, list] = {}
+
+    def talk(i: int) -> None:
+        outputs[i] = drain(handlers.send_text(f"message from tab {i}", tabs[i], *controls()))
+
+    threads = [threading.Thread(target=talk, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    for i, ui in enumerate(tabs):
+        users = [m["content"] for m in ui.chat if m["role"] == "user"]
+        assert users == [f"message from tab {i}"]
+        assert [m["content"] for m in ui.session.history if m["role"] == "user"] == users
+        assert "Hello there." in outputs[i][-1][0][-1]["content"]
+
+
+def test_clear_and_transcript_download(app):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    assert handlers.transcript(ui).interactive is False
+    drain(handlers.send_text("Remember this", ui, *controls()))
+    update = handlers.transcript(ui)
+    text = Path(update.value["path"]).read_text()
+    assert "**You:** Remember this" in text and "**Assistant:** Hello there." in text
+    assert "first word" in text
+    fresh, chat, audio, status, download = handlers.clear(ui)
+    assert chat == [] and audio is None and fresh.session.history == []
+    assert fresh is not ui and download.interactive is False
+
+
+def test_hands_free_ends_the_turn_after_a_pause_and_answers(app, assets_dir):
+    import soundfile as sf
+
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "speech_pause_speech.wav", dtype="int16")
+    triggers = []
+    step = rate // 4  # 250 ms chunks, as the browser streams them
+    tail = np.zeros(rate, dtype=np.int16)
+    for start in range(0, len(samples) + len(tail), step):
+        chunk = np.concatenate((samples, tail))[start : start + step]
+        status, trigger, _ = handlers.hear((rate, chunk), ui, 0.6)
+        if not isinstance(trigger, dict):
+            triggers.append(trigger)
+    # speech, a 1.2 s pause, speech: the 0.6 s pause length splits it into two turns
+    assert triggers == [1, 2]
+    steps = drain(handlers.hands_free_turn(ui, *controls()))
+    assert "Hello there." in steps[-1][0][-1]["content"]
+    assert ui.utterances == [] and ui.session.history
+
+
+def test_speaking_over_the_reply_interrupts_it(app):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    from voice_agent.cancel import CancelToken
+
+    running = CancelToken()
+    ui.cancel = running  # a reply is being spoken
+    voice = (np.clip(speech_clip(1.5, 48_000), -1, 1) * 32767).astype(np.int16)
+    silence = np.zeros(48_000, np.int16)
+    interrupts = []
+    for start in range(0, len(silence) + len(voice), 12_000):
+        chunk = np.concatenate((silence, voice))[start : start + 12_000]
+        _, _, interrupt = handlers.hear((48_000, chunk), ui, 0.6)
+        if not isinstance(interrupt, dict):
+            interrupts.append(interrupt)
+    assert running.cancelled and running.reason == "barge-in"
+    assert interrupts == [1]
+
+
+def test_hands_free_chunk_errors_do_not_end_the_stream(app):
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    status, _, _ = handlers.hear((0, np.zeros(10, np.int16)), ui, 0.6)
+    assert "Could not read" in status
+    status, _, _ = handlers.hear((16_000, np.zeros(4_000, np.int16)), ui, 0.6)
+    assert "Listening" in status
+
+
+def test_diagnostics_render_the_snapshot_and_turns(app):
+    _, handlers, agent = app
+    ui = handlers.on_load()[0]
+    drain(handlers.send_text("one", ui, *controls()))
+    drain(handlers.send_text("two", ui, *controls()))
+    overview, models_html, summary, chart, table, env, raw = handlers.refresh()
+    assert "RAM" in overview and "Offline" in overview
+    assert "Language model" in models_html and "<code>fake</code>" in models_html
+    assert "bitsandbytes probe" in env and "LOCAL_MODELS_DIR" in env
+    assert "2 recent turns" in summary and "median" in summary
+    assert [row[0] for row in table] == ["1", "2", "median", "p90"]
+    assert set(chart["stage"]) == {"hearing", "thinking", "voicing"}
+    assert raw["models"]["llm"]["status"] == "ready"
+
+
+def test_diagnostics_show_each_failed_attempt_with_its_reason():
+    snap = {
+        "ok": False,
+        "models": {
+            "llm": {
+                "status": "failed",
+                "configured": "org/model",
+                "error": "every strategy failed",
+                "report": {
+                    "model_ref": "org/model",
+                    "chosen": None,
+                    "attempts": [
+                        {
+                            "strategy": "cuda-4bit",
+                            "device": "cuda",
+                            "dtype": "float16",
+                            "quantization": "nf4",
+                            "outcome": "skipped",
+                            "reason": "needs 5.6 GiB, 3.1 GiB free",
+                        },
+                        {
+                            "strategy": "cpu",
+                            "device": "cpu",
+                            "dtype": "float32",
+                            "quantization": None,
+                            "outcome": "failed",
+                            "seconds": 1.5,
+                            "error_type": "OSError",
+                            "error": "<bad> file",
+                            "reason": "a file the model needs is missing",
+                        },
+                    ],
+                },
+            }
+        },
+    }
+    html = diag.render_models(snap)
+    assert "needs 5.6 GiB, 3.1 GiB free" in html and "nf4" in html
+    assert "OSError: &lt;bad&gt; file" in html, "outside text is escaped"
+    assert "every strategy failed" in html
+
+
+def test_self_test_reports_each_stage(app):
+    _, handlers, _ = app
+    steps = list(handlers.self_test())
+    assert "Running" in steps[0][0]
+    headline, rows = steps[-1]
+    assert [r[0] for r in rows] == ["stt", "llm", "tts", "pipeline"]
+    assert all(r[1] in ("✓ ok", "✗ failed") for r in rows)
+    assert "stages" in headline
+
+
+def test_snapshot_failure_is_shown_not_raised():
+    def broken():
+        raise RuntimeError("probe exploded")
+
+    _, handlers, _ = make_app(fake_models(), snapshot=broken)
+    overview = handlers.refresh()[0]
+    assert "probe exploded" in overview
+
+
+def test_helpers():
+    class T:
+        transcript_ready, first_token, first_audio = 0.41, 0.93, 1.27
+
+    assert latency_line(T(), spoken=True) == "heard in 0.4 s · first word 0.9 s · speaking at 1.3 s"
+    assert latency_line(T(), spoken=False) == "first word 0.9 s · speaking at 1.3 s"
+    data = wav_bytes(24_000, np.zeros(240, np.float32))
+    with wave.open(__import__("io").BytesIO(data)) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnframes()) == (24_000, 2, 240)
+
+
+# --- app.py ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    import app as app_module
+
+    return app_module
+
+
+def test_app_serves_rest_and_ui_on_one_port(app_module):
+    from starlette.testclient import TestClient
+
+    from voice_agent.config import get_settings
+
+    models = fake_models()
+    demo, _, _ = make_app(models)
+    asgi = app_module.build_app(models, get_settings(), demo)
+    with TestClient(asgi) as client:
+        health = client.get("/health")
+        assert health.headers["content-type"].startswith("application/json")
+        assert "models" in health.json()
+        assert client.get("/v1/models").status_code == 200
+        page = client.get("/")
+        assert page.status_code == 200 and "gradio" in page.text.lower()
+        assert client.get("/config").status_code == 200
+
+
+def test_exposed_app_without_key_serves_only_health(app_module):
+    from starlette.testclient import TestClient
+
+    from voice_agent.config import get_settings
+
+    models = fake_models()
+    demo, _, _ = make_app(models)
+    asgi = app_module.build_app(models, get_settings(), demo, rest_open=False)
+    with TestClient(asgi) as client:
+        assert "models" in client.get("/health").json()
+        assert client.get("/v1/models").status_code == 404
+
+
+def test_host_defaults(app_module, monkeypatch):
+    from voice_agent.config import load_settings
+
+    settings = load_settings({})
+    assert app_module.resolve_host(None, settings, {}) == "127.0.0.1"
+    assert app_module.resolve_host(None, settings, {"SPACE_ID": "me/space"}) == "0.0.0.0"
+    custom = load_settings({"GRADIO_SERVER_NAME": "10.0.0.5"})
+    assert app_module.resolve_host(None, custom, {"GRADIO_SERVER_NAME": "10.0.0.5"}) == "10.0.0.5"
+    assert app_module.resolve_host("::1", settings, {"SPACE_ID": "x"}) == "::1"
+    args = app_module.parse_args(["--port", "7999", "--share"])
+    assert args.port == 7999 and args.share and args.host is None
+    assert app_module.parse_args([]).share is False
+
+
+def test_zero_gpu_shim(monkeypatch):
+    from voice_agent import spaces_compat
+
+    def work(x):
+        return x + 1
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert spaces_compat.gpu(work) is work
+    calls = []
+    fake = types.ModuleType("spaces")
+    fake.__spec__ = ModuleSpec("spaces", None)
+
+    def GPU(duration):  # noqa: N802 - the real decorator's name
+        def wrap(fn):
+            calls.append(duration)
+            return lambda *a: fn(*a) * 10
+
+        return wrap
+
+    fake.GPU = GPU
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert spaces_compat.gpu(work) is work, "without SPACES_ZERO_GPU nothing changes"
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert spaces_compat.on_zero_gpu()
+    assert spaces_compat.gpu(duration=30)(work)(1) == 20 and calls == [30]
+
+
+# --- tiny checkpoints --------------------------------------------------------------------------
+
+
+def test_text_turn_on_tiny_checkpoints(tiny_env):
+    """The whole UI path on the real engines (random weights: any reply text will do)."""
+    from voice_agent.models import LoadedModels
+
+    models = LoadedModels(tiny_env, warmup=False).load_all()
+    assert models.ready(), models.errors
+    _, handlers, _ = make_app(models)
+    ui = handlers.on_load()[0]
+    steps = drain(handlers.send_text("Hello", ui, *controls(max_tokens=8)))
+    final = steps[-1][0][-1]["content"]
+    assert "first word" in final
+    assert any(isinstance(s[1], bytes) for s in steps), "the tiny VITS voice speaks"
+
+
+def test_without_ffmpeg_the_whole_reply_plays_at_the_end():
+    """Gradio's streamed audio needs ffmpeg; without it a turn must still speak, not fail."""
+    agent = Agent(fake_models())
+    demo = build_ui(lambda: agent, agent.models, pause_default=0.6, stream_audio=False)
+    handlers = demo.voice_agent_handlers
+    player = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "reply-audio"]
+    assert player and not player[0].streaming and player[0].autoplay
+    ui = handlers.on_load()[0]
+    steps = drain(handlers.send_text("hi", ui, *controls()))
+    assert all(s[1] is None for s in steps[:-1])
+    with wave.open(steps[-1][1]) as w:
+        assert w.getnframes() > 0 and w.getframerate() == 16_000
