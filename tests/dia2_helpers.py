@@ -13,6 +13,7 @@ import soundfile
 from voice_agent.testing.paths import dia2_fixture_dir
 
 GREEDY = {"temperature": 1.0, "top_k": 1}
+_TIMERS: dict[str, object] = {}
 
 
 def fixture_dir() -> Path:
@@ -53,10 +54,14 @@ def case_config(name: str, **overrides):
     prefix = None
     if settings["prefix"]:
         p = settings["prefix"]
+        # One timer per case: the prefix cache keys on the timer's identity, and a fresh
+        # closure each call only hit the cache when CPython happened to reuse its id.
+        if name not in _TIMERS:
+            _TIMERS[name] = stub_word_timer(p["stub_transcripts"])
         prefix = runtime().prefix(
             fixture_dir() / p["speaker_1"],
             fixture_dir() / p["speaker_2"],
-            word_timer=stub_word_timer(p["stub_transcripts"]),
+            word_timer=_TIMERS[name],
         )
     fields = dict(
         text=SamplingConfig(**settings["text_sampling"]),

@@ -77,7 +77,7 @@ DIA2_2B = {
 }
 
 
-def _build(kind: str, dtype: str):
+def _build(kind: str, dtype: str, device: str = "cpu", fast_path: str = "eager"):
     import torch
     from transformers import AutoTokenizer, MimiConfig, MimiModel
 
@@ -89,13 +89,17 @@ def _build(kind: str, dtype: str):
 
     fixture = dia2_fixture_dir()
     if kind == "tiny":
-        return Dia2Runtime.from_pretrained(str(fixture / "dia2"), dtype=dtype)
+        return Dia2Runtime.from_pretrained(
+            str(fixture / "dia2"), dtype=dtype, device=device, fast_path=fast_path
+        )
     config = Dia2Config.from_dict(DIA2_2B, source="Dia2-2B dimensions")
-    model = random_model(config, device=torch.device("cpu"), dtype=DTYPES[dtype])
+    model = random_model(config, device=torch.device(device), dtype=DTYPES[dtype])
     # Any byte-level BPE works for timing: the script's ids only index the embedding.
     tokenizer = AutoTokenizer.from_pretrained(str(fixture / "tokenizer"))
-    mimi = MimiModel(MimiConfig()).eval()
-    return Dia2Runtime(config, model, tokenizer, mimi, device=torch.device("cpu"))
+    mimi = MimiModel(MimiConfig()).to(device).eval()
+    return Dia2Runtime(
+        config, model, tokenizer, mimi, device=torch.device(device), fast_path=fast_path
+    )
 
 
 def measure(
