@@ -26,11 +26,15 @@ setup() {
 }
 
 browser_deps() {
-    # The browser test drives Debian's chromium (browser downloads are not possible everywhere).
-    if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "installing chromium for the browser test ..."
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
-            || echo "warning: could not install chromium; the browser test will fail" >&2
+    # The browser test drives Debian's chromium (browser downloads are not possible everywhere);
+    # Gradio streams reply audio through ffmpeg.
+    local missing=()
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+    if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "installing ${missing[*]} for the browser test ..."
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null \
+            || echo "warning: could not install ${missing[*]}; the browser test will fail" >&2
     fi
 }
 
