@@ -1,0 +1,181 @@
+"""Turn detection on real clips: end of turn after a pause, none inside a short one, noise ignored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from voice_agent.vad import SAMPLE_RATE, TurnDetector, VADConfig, VADEvent, voicing
+
+
+def load(path) -> np.ndarray:
+    samples, rate = sf.read(str(path), dtype="float32")
+    assert rate == SAMPLE_RATE
+    return samples
+
+
+def feed_all(
+    detector: TurnDetector, samples: np.ndarray, rate: int = SAMPLE_RATE, chunk_s: float = 0.1
+) -> list[VADEvent]:
+    n = max(1, int(chunk_s * rate))
+    events: list[VADEvent] = []
+    for start in range(0, len(samples), n):
+        events += detector.feed(samples[start : start + n], rate)
+    return events
+
+
+@pytest.fixture
+def clips(assets_dir):
+    return {
+        name: load(assets_dir / f"{name}.wav")
+        for name in ("hello", "speech_pause_speech", "silence")
+    }
+
+
+def pink_noise(seconds: float, rms: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))
+    spectrum[0] = 0
+    x = np.fft.irfft(spectrum, n)
+    return (x / x.std() * rms).astype(np.float32)
+
+
+def test_end_of_turn_after_speech_then_silence(clips):
+    detector = TurnDetector(VADConfig(pause_s=0.6))
+    audio = np.concatenate([clips["hello"], clips["silence"]])
+    events = feed_all(detector, audio)
+    assert [e.kind for e in events] == ["speech_start", "end_of_turn"]
+    end = events[-1]
+    speech_end = len(clips["hello"]) / SAMPLE_RATE
+    # Speech in hello.wav ends just before the clip does; the turn ends one pause later.
+    assert speech_end - 0.5 < end.speech_end_s <= speech_end + 0.05
+    assert 0.6 <= end.silence_s < 0.7
+    assert end.audio is not None and end.audio.dtype == np.float32
+    assert 3.0 < len(end.audio) / SAMPLE_RATE < 4.0  # the utterance, with a short tail
+    assert not detector.in_speech
+
+
+def test_no_end_of_turn_inside_a_pause_shorter_than_the_setting(clips):
+    audio = np.concatenate([clips["speech_pause_speech"], clips["silence"]])
+    # The clip's gap between phrases is 1.2 s of silence plus the phrases' own quiet
+    # edges (1.64 s without any speech energy); a 2 s pause setting spans it.
+    events = feed_all(TurnDetector(VADConfig(pause_s=2.0)), audio)
+    assert [e.kind for e in events] == ["speech_start", "end_of_turn"]
+    assert events[-1].speech_start_s < 0.3 and events[-1].speech_end_s > 7.0
+
+    # With the default 0.6 s the gap ends the first turn; the 0.39 s breath inside
+    # the first phrase does not.
+    events = feed_all(TurnDetector(VADConfig(pause_s=0.6)), audio)
+    assert [e.kind for e in events] == ["speech_start", "end_of_turn"] * 2
+    first, second = events[1], events[3]
+    assert 2.9 < first.speech_end_s < 3.2
+    # Each turn's audio is its own speech plus a short pre-roll and tail, nothing older.
+    assert 3.0 < len(first.audio) / SAMPLE_RATE < 3.6
+    assert 2.9 < len(second.audio) / SAMPLE_RATE < 3.5
+
+
+def test_default_pause_comes_from_settings(monkeypatch):
+    monkeypatch.setenv("VAD_PAUSE_SECONDS", "0.9")
+    from voice_agent.config import get_settings
+
+    get_settings.cache_clear()
+    assert TurnDetector().config.pause_s == 0.9
+    assert TurnDetector(pause_s=1.3).config.pause_s == 1.3
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda clips: clips["silence"],
+        lambda clips: np.random.default_rng(1).normal(0, 0.05, 5 * SAMPLE_RATE).astype(np.float32),
+        lambda clips: pink_noise(5, 0.05),
+        # Noise that starts suddenly in a quiet room (the floor must adapt to it).
+        lambda clips: np.concatenate([clips["silence"], pink_noise(4, 0.05), clips["silence"]]),
+        lambda clips: 0.2 * np.sin(2 * np.pi * 50 * np.arange(4 * SAMPLE_RATE) / SAMPLE_RATE),
+    ],
+    ids=["silence", "white-noise", "pink-noise", "noise-onset", "mains-hum"],
+)
+def test_noise_and_silence_do_not_start_a_turn(clips, make):
+    detector = TurnDetector(VADConfig(pause_s=0.6))
+    events = feed_all(detector, make(clips)) + detector.flush()
+    assert events == []
+
+
+def test_clicks_shorter_than_the_minimum_speech_are_ignored():
+    rng = np.random.default_rng(2)
+    audio = np.zeros(3 * SAMPLE_RATE, dtype=np.float32)
+    for at in (0.5, 1.5, 2.2):
+        start = int(at * SAMPLE_RATE)
+        audio[start : start + 400] = rng.normal(0, 0.5, 400)
+    assert feed_all(TurnDetector(VADConfig(pause_s=0.6)), audio) == []
+
+
+def test_speech_in_steady_noise_is_still_found(clips):
+    noise = pink_noise(1 + len(clips["hello"]) / SAMPLE_RATE + 2, 0.015, seed=3)
+    audio = noise.copy()
+    start = SAMPLE_RATE
+    audio[start : start + len(clips["hello"])] += clips["hello"]
+    events = feed_all(TurnDetector(VADConfig(pause_s=0.6)), audio)
+    assert [e.kind for e in events] == ["speech_start", "end_of_turn"]
+    assert 0.9 < events[0].speech_start_s < 1.3
+
+
+def test_any_rate_dtype_and_channels(clips):
+    import soxr
+
+    audio = np.concatenate([clips["hello"], clips["silence"]])
+    at_48k = soxr.resample(audio, SAMPLE_RATE, 48_000)
+    stereo_int16 = (np.stack([at_48k, at_48k], axis=1) * 32767).astype(np.int16)
+    events = feed_all(TurnDetector(VADConfig(pause_s=0.6)), stereo_int16, rate=48_000, chunk_s=0.05)
+    assert [e.kind for e in events] == ["speech_start", "end_of_turn"]
+    assert events[-1].audio is not None
+    assert abs(len(events[-1].audio) / SAMPLE_RATE - 3.6) < 0.5
+
+
+def test_barge_in_only_while_the_assistant_speaks(clips):
+    detector = TurnDetector(VADConfig(pause_s=0.6))
+    detector.assistant_speaking = True
+    events = feed_all(detector, np.concatenate([clips["hello"], clips["silence"]]))
+    assert [e.kind for e in events] == ["speech_start", "barge_in", "end_of_turn"]
+    # Barge-in needs more speech than a normal start (the assistant's echo is not the user).
+    assert events[1].at_s >= VADConfig().barge_in_min_speech_s
+
+
+def test_flush_closes_an_open_turn_and_reset_forgets_it(clips):
+    detector = TurnDetector(VADConfig(pause_s=0.6))
+    events = feed_all(detector, clips["hello"][: 2 * SAMPLE_RATE])
+    assert [e.kind for e in events] == ["speech_start"] and detector.in_speech
+    closed = detector.flush()
+    assert [e.kind for e in closed] == ["end_of_turn"] and closed[0].audio.size > SAMPLE_RATE
+    feed_all(detector, clips["hello"][: 2 * SAMPLE_RATE])
+    detector.reset()
+    assert not detector.in_speech and detector.flush() == []
+
+
+def test_a_monologue_is_cut_at_the_turn_limit(clips):
+    detector = TurnDetector(VADConfig(pause_s=0.6, max_turn_s=1.5))
+    events = feed_all(detector, clips["hello"])
+    assert [e.kind for e in events][:2] == ["speech_start", "end_of_turn"]
+    assert events[1].at_s <= 1.6
+
+
+def test_voicing_separates_a_vowel_from_noise():
+    t = np.arange(640) / SAMPLE_RATE
+    vowel = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6))
+    noise = np.random.default_rng(4).normal(0, 1, 640)
+    assert voicing(vowel.astype(np.float32)) > 0.9
+    assert voicing(noise.astype(np.float32)) < 0.4
+
+
+def test_bad_config_and_chunks_are_refused():
+    with pytest.raises(ValueError, match="pause_s"):
+        VADConfig(pause_s=0)
+    detector = TurnDetector(VADConfig())
+    with pytest.raises(ValueError, match="sample rate"):
+        detector.feed(np.zeros(160, dtype=np.float32), 0)
+    with pytest.raises(ValueError, match="shape"):
+        detector.feed(np.zeros((2, 2, 2), dtype=np.float32), SAMPLE_RATE)
+    assert detector.feed(np.zeros(0, dtype=np.float32), SAMPLE_RATE) == []
