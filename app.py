@@ -166,14 +166,6 @@ def main(argv: list[str] | None = None) -> int:
             ", ".join(OPEN_REST_PATHS),
         )
 
-    # The probes import torch, torch._dynamo and bitsandbytes. Done here, before the
-    # loader thread starts, because the same imports racing between that thread and a
-    # /health or Diagnostics request fail half-initialised ("partially initialized
-    # module 'torch._inductor.utils'") and the model then fails to load.
-    from voice_agent.hardware import probe_bitsandbytes, probe_hardware
-
-    probe_hardware()
-    probe_bitsandbytes()
     # Loading runs on a thread so the page opens at once and shows the progress.
     models = get_models(settings, background=True)
     agent = get_agent()
