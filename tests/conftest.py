@@ -79,3 +79,36 @@ def tiny_env(monkeypatch: pytest.MonkeyPatch, tiny_models: Path):
     monkeypatch.setenv("TTS_DEVICE", "cpu")
     get_settings.cache_clear()
     return get_settings()
+
+
+@pytest.fixture(scope="module")
+def keyed_fakes():
+    """Fake engines (tests/server_fakes.py) behind `server_fakes.API_KEY`, one set per module."""
+    from tests.server_fakes import API_KEY, FakeModels, settings_with
+
+    return FakeModels(settings_with(MODEL_SERVER_API_KEY=API_KEY))
+
+
+@pytest.fixture(scope="module")
+def keyed_server(keyed_fakes):
+    """A live REST server (`voice_agent.testing.server.LiveServer`) on `keyed_fakes`."""
+    from voice_agent.server import create_app
+    from voice_agent.testing.server import LiveServer
+
+    with LiveServer(create_app(keyed_fakes)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (`pytest.mark.usefixtures("one_torch_thread")`).
+
+    The Dia2 fixture was made with one torch thread; reductions then add up in the same
+    order, and the shared machine is spared the extra threads.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

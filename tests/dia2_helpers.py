@@ -26,12 +26,18 @@ def cases() -> dict[str, dict]:
     return {case["name"]: case for case in data["cases"]}
 
 
+def load_runtime(**kwargs):
+    """A fresh runtime on the fixture's checkpoint (float32, CPU); `kwargs` go to
+    `Dia2Runtime.from_pretrained` (e.g. `fast_path`)."""
+    from voice_agent.tts.dia2 import Dia2Runtime
+
+    return Dia2Runtime.from_pretrained(str(fixture_dir() / "dia2"), **kwargs)
+
+
 @cache
 def runtime():
     """The fixture's runtime, loaded once per test session (float32, CPU)."""
-    from voice_agent.tts.dia2 import Dia2Runtime
-
-    return Dia2Runtime.from_pretrained(str(fixture_dir() / "dia2"))
+    return load_runtime()
 
 
 def stub_word_timer(stub: dict[str, list]):

@@ -1,5 +1,5 @@
 """Fakes for the REST tests: engines that implement the stage Protocols, a `LoadedModels`
-stand-in, and a real uvicorn server on a free loopback port in a background thread.
+stand-in and `settings_with` (the live server is `voice_agent.testing.server.LiveServer`).
 
 The fakes are slow on purpose when asked (`delay_s`) so tests can fill queues and
 disconnect mid-stream; they record what they saw (cancellations, concurrency).
@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import uvicorn
 
 from voice_agent.cancel import is_cancelled
 from voice_agent.config import Settings, load_settings
@@ -22,6 +21,9 @@ from voice_agent.llm.base import ChatMessage, GenerationSettings, Reply, ReplySt
 from voice_agent.loading import Attempt, LoadReport
 from voice_agent.stt.base import Transcript
 from voice_agent.tts.base import AudioChunk, Voice
+
+# The API key of the `keyed_fakes` / `keyed_server` fixtures (tests/conftest.py).
+API_KEY = "test-key-0123456789abcdef"
 
 
 def _report(component: str, model_id: str) -> LoadReport:
@@ -121,11 +123,7 @@ class FakeLLM(_Activity):
         cancel: object | None = None,
         system_prompt: str | None = None,
     ) -> Reply:
-        stream = self.stream_reply(messages, settings, cancel, system_prompt)
-        for _ in stream:
-            pass
-        assert stream.reply is not None
-        return stream.reply
+        return self.stream_reply(messages, settings, cancel, system_prompt).collect()
 
 
 class FakeSTT(_Activity):
@@ -234,30 +232,3 @@ class FakeModels:
 def settings_with(**env: str) -> Settings:
     """Settings from defaults plus the given variables (e.g. MODEL_SERVER_QUEUE_SIZE="4")."""
     return load_settings(env)
-
-
-class LiveServer:
-    """A real uvicorn server for `app` on a free 127.0.0.1 port, in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
-        self.url = ""
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)

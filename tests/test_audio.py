@@ -21,14 +21,13 @@ from voice_agent.audio import (
     decode_audio,
     encode_audio,
     encode_wav,
-    frame_features,
-    is_speech,
     load_audio,
     resample,
     sniff_format,
     to_pcm16_bytes,
 )
 from voice_agent.errors import InputError, InputTooLargeError
+from voice_agent.speech_gate import frame_features, is_speech
 
 RNG = np.random.default_rng(1234)
 

@@ -4,7 +4,6 @@ every call, the typed errors, and the adapters standing in for local engines."""
 from __future__ import annotations
 
 import io
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.server_fakes import FakeLLM, FakeModels, FakeTTS, LiveServer, settings_with
+from tests.server_fakes import API_KEY, FakeLLM, FakeModels, FakeTTS, settings_with
 from voice_agent.cancel import CancelToken
 from voice_agent.client import (
     AuthError,
@@ -32,31 +31,13 @@ from voice_agent.client import (
 from voice_agent.errors import BusyError, InputError, ModelLoadError, ModelUnavailableError
 from voice_agent.llm.base import GenerationSettings, Reply
 from voice_agent.server import create_app
-
-KEY = "client-test-key"
-
-
-@pytest.fixture(scope="module")
-def fakes() -> FakeModels:
-    return FakeModels(settings_with(MODEL_SERVER_API_KEY=KEY))
-
-
-@pytest.fixture(scope="module")
-def server(fakes: FakeModels) -> Iterator[LiveServer]:
-    with LiveServer(create_app(fakes)) as live:
-        yield live
+from voice_agent.testing.server import LiveServer, free_port
 
 
 @pytest.fixture
-def client(server: LiveServer) -> Iterator[VoiceAgentClient]:
-    with VoiceAgentClient(server.url, api_key=KEY, timeout=30) as c:
+def client(keyed_server: LiveServer) -> Iterator[VoiceAgentClient]:
+    with VoiceAgentClient(keyed_server.url, api_key=API_KEY, timeout=30) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- calls -----------------------------------------------------------------------------------------
@@ -69,14 +50,14 @@ def test_health_models_and_voices(client: VoiceAgentClient) -> None:
     assert [v.id for v in client.voices()] == ["default", "narrator"]
 
 
-def test_generate_and_stream_reply(client: VoiceAgentClient, fakes: FakeModels) -> None:
+def test_generate_and_stream_reply(client: VoiceAgentClient, keyed_fakes: FakeModels) -> None:
     reply = client.generate_reply("one two", temperature=0.1, max_new_tokens=5, stop=("x",))
     assert isinstance(reply, Reply)
     assert reply.text == "echo: one two " and reply.finish_reason == "stop"
-    assert fakes.llm.last_settings.stop == ("x",)
+    assert keyed_fakes.llm.last_settings.stop == ("x",)
     messages = [{"role": "user", "content": "a b"}]
     reply = client.generate_reply(messages, system_prompt="terse")  # type: ignore[arg-type]
-    assert reply.text == "echo: a b " and fakes.llm.last_system_prompt == "terse"
+    assert reply.text == "echo: a b " and keyed_fakes.llm.last_system_prompt == "terse"
     assert list(client.stream_reply("a b")) == ["echo: ", "a ", "b "]
     events = list(client.reply_events("a"))
     assert events[:-1] == ["echo: ", "a "] and isinstance(events[-1], Reply)
@@ -123,8 +104,8 @@ def test_input_errors_carry_the_servers_message_and_status(client: VoiceAgentCli
         list(client.stream_speech("hi", voice="gandalf"))
 
 
-def test_auth_error(server: LiveServer) -> None:
-    with VoiceAgentClient(server.url, api_key="wrong") as c:
+def test_auth_error(keyed_server: LiveServer) -> None:
+    with VoiceAgentClient(keyed_server.url, api_key="wrong") as c:
         with pytest.raises(AuthError):
             c.models()
         assert c.health()["ok"] is True  # /health needs no key
@@ -164,14 +145,16 @@ def test_busy_and_unavailable_and_timeout() -> None:
                 impatient.generate_reply("x")
 
 
-def test_settings_give_the_defaults(monkeypatch: pytest.MonkeyPatch, server: LiveServer) -> None:
+def test_settings_give_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, keyed_server: LiveServer
+) -> None:
     from voice_agent.config import get_settings
 
-    monkeypatch.setenv("MODEL_SERVER_URL", server.url + "/")
-    monkeypatch.setenv("MODEL_SERVER_API_KEY", KEY)
+    monkeypatch.setenv("MODEL_SERVER_URL", keyed_server.url + "/")
+    monkeypatch.setenv("MODEL_SERVER_API_KEY", API_KEY)
     get_settings.cache_clear()
     with VoiceAgentClient() as c:
-        assert c.base_url == server.url
+        assert c.base_url == keyed_server.url
         assert c.models()  # the key came from the environment too
 
 
@@ -246,13 +229,13 @@ def test_remote_adapters_refuse_a_failed_model() -> None:
             c.generate_reply("hi")
 
 
-def test_remote_adapters_plug_into_the_cached_loader(server: LiveServer) -> None:
+def test_remote_adapters_plug_into_the_cached_loader(keyed_server: LiveServer) -> None:
     from voice_agent.models import LoadedModels
 
-    settings = settings_with(MODEL_SERVER_URL=server.url, MODEL_SERVER_API_KEY=KEY)
+    settings = settings_with(MODEL_SERVER_URL=keyed_server.url, MODEL_SERVER_API_KEY=API_KEY)
     models = LoadedModels(settings, loaders=remote_loaders(), warmup=False).load_all()
     assert models.ready(), models.errors
-    assert models.reports["llm"].source == f"remote {server.url}"
+    assert models.reports["llm"].source == f"remote {keyed_server.url}"
     assert models.require("llm").generate_reply("hi").text == "echo: hi "
     assert isinstance(models.require("tts"), RemoteTTS)
 

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from dia2_helpers import case_config, cases, fixture_dir, runtime
 from safetensors.torch import load_file, save_file
 
@@ -25,13 +24,7 @@ from voice_agent.tts.dia2 import (
     UnknownTagError,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(

@@ -13,22 +13,16 @@ import logging
 import numpy as np
 import pytest
 import torch
-from dia2_helpers import case_config, cases, expected, fixture_dir
+from dia2_helpers import case_config, cases, expected, load_runtime
 
 from voice_agent.tts.dia2 import Dia2Runtime
 from voice_agent.tts.dia2.sampling import SamplingConfig, sample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _runtime(fast_path: str = "eager", **kwargs) -> Dia2Runtime:
-    return Dia2Runtime.from_pretrained(str(fixture_dir() / "dia2"), fast_path=fast_path, **kwargs)
+    return load_runtime(fast_path=fast_path, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from dia2_helpers import case_config, cases, expected, fixture_dir, runtime
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_torch_thread")]
 CASES = ["c1_hello", "c2_dialogue", "c3_break", "c4_long_nocfg", "c5_prefix", "c6_context_cap"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The fixture was made with one torch thread; reductions then add up in the same order."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("name", CASES)

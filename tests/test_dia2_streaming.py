@@ -13,13 +13,7 @@ from dia2_helpers import case_config, cases, fixture_dir, runtime
 from voice_agent.cancel import CancelToken
 from voice_agent.tts.dia2 import TextFeed
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", ["c2_dialogue", "c5_prefix"])

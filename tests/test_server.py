@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.server_fakes import FakeLLM, FakeModels, FakeSTT, FakeTTS, LiveServer, settings_with
+from tests.server_fakes import FakeLLM, FakeModels, FakeSTT, FakeTTS, settings_with
 from voice_agent.audio import encode_wav
 from voice_agent.server import create_app
+from voice_agent.testing.server import LiveServer
 
 
 def tone_wav(seconds: float = 1.0, rate: int = 16_000) -> bytes:

@@ -8,11 +8,11 @@ import logging
 import httpx
 import pytest
 
-from tests.server_fakes import FakeModels, LiveServer, settings_with
+from tests.server_fakes import API_KEY, FakeModels, settings_with
 from voice_agent.cli import serve
 from voice_agent.server import create_app
+from voice_agent.testing.server import LiveServer
 
-KEY = "test-key-0123456789abcdef"
 PROTECTED = [
     ("POST", "/generate", {"prompt": "hi"}),
     ("POST", "/tts", {"text": "hi"}),
@@ -27,22 +27,16 @@ PROTECTED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def keyed_server():
-    with LiveServer(create_app(FakeModels(settings_with(MODEL_SERVER_API_KEY=KEY)))) as server:
-        yield server
-
-
 def test_health_needs_no_key(keyed_server: LiveServer) -> None:
     r = httpx.get(keyed_server.url + "/health", timeout=30)
     assert r.status_code == 200
-    assert KEY not in r.text  # settings are shown with the key masked
+    assert API_KEY not in r.text  # settings are shown with the key masked
     assert r.json()["settings"]["api_key"] == "***"
 
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
 @pytest.mark.parametrize(
-    "header", [None, "Bearer wrong-key", f"Basic {KEY}", "Bearer", f"Bearer {KEY}x"]
+    "header", [None, "Bearer wrong-key", f"Basic {API_KEY}", "Bearer", f"Bearer {API_KEY}x"]
 )
 def test_every_other_route_needs_the_key(
     keyed_server: LiveServer, method: str, path: str, body: dict | None, header: str | None
@@ -52,17 +46,17 @@ def test_every_other_route_needs_the_key(
     assert r.status_code == 401
     assert r.headers["www-authenticate"] == "Bearer"
     assert r.json()["error"]["code"] == "invalid_api_key"
-    assert KEY not in r.text
+    assert API_KEY not in r.text
 
 
 def test_the_right_key_is_accepted(keyed_server: LiveServer) -> None:
-    headers = {"Authorization": f"Bearer {KEY}"}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.Client(base_url=keyed_server.url, headers=headers, timeout=60) as http:
         assert http.post("/generate", json={"prompt": "hi"}).status_code == 200
         assert http.get("/v1/models").status_code == 200
         assert http.post("/tts", json={"text": "hi"}).status_code == 200
         # Lower-case scheme is fine (RFC 7235: the scheme is case-insensitive).
-        r = http.get("/v1/models", headers={"Authorization": f"bearer {KEY}"})
+        r = http.get("/v1/models", headers={"Authorization": f"bearer {API_KEY}"})
         assert r.status_code == 200
 
 
@@ -84,7 +78,7 @@ def test_logs_hold_no_bodies_and_no_keys(
 ) -> None:
     secret_text = "my-private-prompt-text"
     caplog.set_level(logging.DEBUG)
-    good = {"Authorization": f"Bearer {KEY}"}
+    good = {"Authorization": f"Bearer {API_KEY}"}
     httpx.post(keyed_server.url + "/generate", json={"prompt": secret_text}, headers=good)
     httpx.post(
         keyed_server.url + "/generate",
@@ -95,13 +89,13 @@ def test_logs_hold_no_bodies_and_no_keys(
     httpx.post(
         keyed_server.url + "/generate",
         json={"prompt": secret_text},
-        headers={"Authorization": f"Bearer {KEY}-wrong"},
+        headers={"Authorization": f"Bearer {API_KEY}-wrong"},
     )
     messages = [r for r in caplog.records if r.name.startswith("voice_agent")]
     assert any("401" in r.getMessage() for r in messages)
     assert any("400" in r.getMessage() for r in messages)
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert KEY not in text
+    assert API_KEY not in text
     assert secret_text not in text
 
 
@@ -118,7 +112,7 @@ def test_bind_rules() -> None:
     assert serve.bind_problem("127.0.0.1", None) is None
     assert serve.bind_problem("localhost", None) is None
     assert serve.bind_problem("::1", None) is None
-    assert serve.bind_problem("0.0.0.0", KEY) is None
+    assert serve.bind_problem("0.0.0.0", API_KEY) is None
     assert "refusing" in (serve.bind_problem("0.0.0.0", None) or "")
 
 
@@ -146,7 +140,7 @@ def test_a_mounted_ui_keeps_its_own_access_rules(mount_at: str) -> None:
         return PlainTextResponse(f"ui got {len(await request.body())} bytes")
 
     ui = Starlette(routes=[Route("/{rest:path}", page, methods=["GET", "POST"])])
-    app = create_app(FakeModels(settings_with(MODEL_SERVER_API_KEY=KEY)))
+    app = create_app(FakeModels(settings_with(MODEL_SERVER_API_KEY=API_KEY)))
     app.mount(mount_at, ui)
     prefix = mount_at.rstrip("/")
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
@@ -155,7 +149,7 @@ def test_a_mounted_ui_keeps_its_own_access_rules(mount_at: str) -> None:
         assert http.post("/generate", json={"prompt": "hi"}).status_code == 401
         assert http.get("/v1/models").status_code == 401
         assert http.get("/health").status_code == 200
-        headers = {"Authorization": f"Bearer {KEY}"}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
         assert http.get("/v1/models", headers=headers).status_code == 200
 
 

@@ -5,10 +5,6 @@ mid-stream, and `python -m voice_agent serve` answering /health."""
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,31 +16,17 @@ import openai
 import pytest
 import soundfile as sf
 
-from tests.server_fakes import LiveServer
 from voice_agent.audio import encode_wav, load_audio
 from voice_agent.client import VoiceAgentClient
 from voice_agent.config import Settings, load_settings
 from voice_agent.server import create_app
+from voice_agent.testing.server import LiveServer, ServeProcess, tiny_model_env
 
 pytestmark = pytest.mark.slow
 
 
 def tiny_settings(tiny_models: Path, home: Path, **extra: str) -> Settings:
-    return load_settings(
-        {
-            "MODEL_SERVER_MODEL_NAME": str(tiny_models / "llm"),
-            "STT_MODEL_NAME": str(tiny_models / "stt"),
-            "TTS_BACKEND": "vits",
-            "TTS_MODEL_NAME": str(tiny_models / "vits"),
-            "LLM_DEVICE": "cpu",
-            "WHISPER_DEVICE": "cpu",
-            "TTS_DEVICE": "cpu",
-            "HF_HUB_OFFLINE": "1",
-            "HF_HOME": str(home / "hf"),
-            "LOCAL_MODELS_DIR": str(home / "models"),
-            **extra,
-        }
-    )
+    return load_settings({**tiny_model_env(tiny_models, home), **extra})
 
 
 @pytest.fixture(scope="module")
@@ -206,42 +188,17 @@ def test_disconnect_mid_stream_leaves_the_server_serving(http: httpx.Client) -> 
     assert r.status_code == 200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_command_answers_health(tiny_models: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_SERVER_MODEL_NAME": str(tiny_models / "llm"),
-        "STT_MODEL_NAME": str(tiny_models / "stt"),
-        "TTS_BACKEND": "vits",
-        "TTS_MODEL_NAME": str(tiny_models / "vits"),
-        "LLM_DEVICE": "cpu",
-        "TTS_DEVICE": "cpu",
-        "MODEL_SERVER_PORT": str(port),
-        "MODEL_SERVER_HOST": "127.0.0.1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        # Lazy: /health answers at once; the first /tts loads VITS inside the server.
-        "MODEL_LOADING": "lazy",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voice_agent", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    # Lazy: /health answers at once; the first /tts loads VITS inside the server.
+    env = {**tiny_model_env(tiny_models, tmp_path), "MODEL_LOADING": "lazy"}
+    with ServeProcess(env, capture=True) as serve:
+        proc = serve.proc
+        assert proc is not None
         seen: list[int] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=60)
+                r = httpx.get(f"{serve.url}/health", timeout=60)
             except httpx.TransportError:
                 time.sleep(0.3)
                 continue
@@ -251,16 +208,9 @@ def test_serve_command_answers_health(tiny_models: Path, tmp_path: Path) -> None
             assert r.status_code == 503 and r.json()["status"] == "loading"
             time.sleep(0.3)
         assert seen and seen[-1] == 200, (seen, proc.poll())
-        r = httpx.post(f"http://127.0.0.1:{port}/tts", json={"text": "Hello."}, timeout=60)
+        r = httpx.post(f"{serve.url}/tts", json={"text": "Hello."}, timeout=60)
         assert r.status_code == 200 and r.content[:4] == b"RIFF"
-        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=60).json()
+        health = httpx.get(f"{serve.url}/health", timeout=60).json()
         assert health["models"]["tts"]["status"] == "ready"
         assert health["models"]["llm"]["status"] == "pending"
-    finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    assert "Traceback" not in out, out[-2000:]
+    assert "Traceback" not in serve.output, serve.output[-2000:]

@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.server_fakes import FakeLLM, FakeModels, FakeTTS, LiveServer, settings_with
+from tests.server_fakes import FakeLLM, FakeModels, FakeTTS, settings_with
 from voice_agent.server import create_app
+from voice_agent.testing.server import LiveServer
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -5,7 +5,6 @@ errors it raises for what we refuse."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,29 +13,19 @@ import openai
 import pytest
 import soundfile as sf
 
-from tests.server_fakes import FakeModels, FakeTTS, LiveServer, settings_with
+from tests.server_fakes import API_KEY, FakeModels, FakeTTS, settings_with
 from voice_agent.server import create_app
-
-KEY = "sk-local-test"
-
-
-@pytest.fixture(scope="module")
-def fakes() -> FakeModels:
-    return FakeModels(settings_with(MODEL_SERVER_API_KEY=KEY))
+from voice_agent.testing.server import LiveServer
 
 
 @pytest.fixture(scope="module")
-def server(fakes: FakeModels) -> Iterator[LiveServer]:
-    with LiveServer(create_app(fakes)) as live:
-        yield live
+def client(keyed_server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=keyed_server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30
+    )
 
 
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
-
-
-def test_chat_completion(client: openai.OpenAI, fakes: FakeModels) -> None:
+def test_chat_completion(client: openai.OpenAI, keyed_fakes: FakeModels) -> None:
     completion = client.chat.completions.create(
         model="gpt-4o-mini",
         messages=[
@@ -57,9 +46,9 @@ def test_chat_completion(client: openai.OpenAI, fakes: FakeModels) -> None:
     assert choice.finish_reason == "stop"
     assert completion.usage is not None and completion.usage.completion_tokens == 3
     assert completion.usage.total_tokens == 10
-    sent = fakes.llm.last_settings
+    sent = keyed_fakes.llm.last_settings
     assert (sent.temperature, sent.max_new_tokens, sent.seed, sent.stop) == (0.2, 10, 1, ("END",))
-    assert fakes.llm.last_messages[0] == {"role": "system", "content": "be brief"}
+    assert keyed_fakes.llm.last_messages[0] == {"role": "system", "content": "be brief"}
 
 
 def test_chat_content_parts_and_length_finish(client: openai.OpenAI) -> None:
@@ -89,12 +78,12 @@ def test_chat_stream(client: openai.OpenAI) -> None:
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
 
 
-def test_chat_stream_ends_with_done(server: LiveServer) -> None:
+def test_chat_stream_ends_with_done(keyed_server: LiveServer) -> None:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     r = httpx.post(
-        server.url + "/v1/chat/completions",
+        keyed_server.url + "/v1/chat/completions",
         json=body,
-        headers={"Authorization": f"Bearer {KEY}"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
         timeout=60,
     )
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -180,19 +169,19 @@ def test_transcription_refusals(
         assert word in info.value.body["message"]  # type: ignore[index]
 
 
-def test_speech_wav_pcm_and_streamed(client: openai.OpenAI, fakes: FakeModels) -> None:
+def test_speech_wav_pcm_and_streamed(client: openai.OpenAI, keyed_fakes: FakeModels) -> None:
     audio = client.audio.speech.create(
         model="tts-1", voice="alloy", input="hello", response_format="wav"
     )
     samples, rate = sf.read(io.BytesIO(audio.content), dtype="float32")
     assert rate == 16_000 and len(samples) == 3 * 1600
-    assert fakes.tts.last_voice is None
+    assert keyed_fakes.tts.last_voice is None
 
     audio = client.audio.speech.create(
         model="tts-1-hd", voice="narrator", input="hello", response_format="pcm"
     )
     pcm = np.frombuffer(audio.content, dtype="<i2")
-    assert len(pcm) == 3 * 1600 and fakes.tts.last_voice == "narrator"
+    assert len(pcm) == 3 * 1600 and keyed_fakes.tts.last_voice == "narrator"
 
     # No response_format: OpenAI's default is mp3, which we cannot make; WAV is the answer.
     with client.audio.speech.with_streaming_response.create(
@@ -220,19 +209,21 @@ def test_speech_refusals(client: openai.OpenAI, kwargs: dict, words: list[str]) 
         assert word in info.value.body["message"]  # type: ignore[index]
 
 
-def test_models_and_voices(client: openai.OpenAI, server: LiveServer) -> None:
+def test_models_and_voices(client: openai.OpenAI, keyed_server: LiveServer) -> None:
     ids = [m.id for m in client.models.list()]
     assert ids == ["fake-llm", "fake-whisper", "fake-tts"]
     r = httpx.get(
-        server.url + "/v1/audio/voices", headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        keyed_server.url + "/v1/audio/voices",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
     )
     body = r.json()
     assert [v["id"] for v in body["data"]] == ["default", "narrator"]
     assert body["openai_voices"]["alloy"] == "default"
 
 
-def test_wrong_key_is_an_authentication_error(server: LiveServer) -> None:
-    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0)
+def test_wrong_key_is_an_authentication_error(keyed_server: LiveServer) -> None:
+    bad = openai.OpenAI(base_url=keyed_server.url + "/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
 

@@ -171,11 +171,15 @@ class VoiceAgentClient:
             "is `python -m voice_agent serve` running there (MODEL_SERVER_URL)?"
         )
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response whatever its status; transport failures become client errors."""
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from exc
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             raise _error_from(response.status_code, _parse(response), response.headers)
         return response
@@ -197,10 +201,7 @@ class VoiceAgentClient:
 
     def health(self) -> dict[str, Any]:
         """`GET /health`: the server's snapshot; `ok` is False while loading or after a failure."""
-        try:
-            response = self._http.get("/health")
-        except httpx.TransportError as exc:
-            raise self._transport_error(exc) from exc
+        response = self._send("GET", "/health")
         body = _parse(response)
         if response.status_code in (200, 503) and isinstance(body, dict) and "status" in body:
             return body
@@ -244,15 +245,19 @@ class VoiceAgentClient:
         self, text: str, voice: str | None = None, response_format: str = "wav"
     ) -> Iterator[bytes]:
         """Speech as it is made: a WAV stream (header first) or raw 16-bit PCM."""
-        body = {"text": text, "voice": voice, "stream": True, "format": response_format}
-        with self._open_stream("POST", "/tts", json=body) as response:
+        with self._speech_stream(text, voice, response_format) as response:
             yield from response.iter_bytes()
+
+    def _speech_stream(
+        self, text: str, voice: str | None, response_format: str
+    ) -> contextlib.AbstractContextManager[httpx.Response]:
+        body = {"text": text, "voice": voice, "stream": True, "format": response_format}
+        return self._open_stream("POST", "/tts", json=body)
 
     def _speech_chunks(
         self, text: str, voice: str | None, cancel: object | None
     ) -> Iterator[AudioChunk]:
-        body = {"text": text, "voice": voice, "stream": True, "format": "pcm"}
-        with self._open_stream("POST", "/tts", json=body) as response:
+        with self._speech_stream(text, voice, "pcm") as response:
             rate = int(response.headers.get("x-sample-rate", "0")) or 16_000
             pending = b""
             for data in response.iter_bytes():
@@ -461,11 +466,7 @@ class RemoteLLM(_Remote):
         cancel: object | None = None,
         system_prompt: str | None = None,
     ) -> Reply:
-        stream = self.stream_reply(messages, settings, cancel, system_prompt)
-        for _ in stream:
-            pass
-        assert stream.reply is not None
-        return stream.reply
+        return self.stream_reply(messages, settings, cancel, system_prompt).collect()
 
 
 class RemoteSTT(_Remote):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,23 +23,18 @@ from .cancel import CancelToken
 from .errors import InputError
 from .rest import (
     COMPONENTS,
-    NO_BUFFERING,
     OPENAI_VOICES,
-    CancellingStreamingResponse,
     UnsupportedFormatError,
     call_engine,
     check_available,
     check_language,
     check_total_chars,
-    llm_stream_items,
-    open_stream,
+    llm_event_stream,
     read_audio_upload,
     require_text,
     sampling_from,
     server_state,
     speech_response,
-    sse,
-    stream_error_event,
     transcribe_upload,
     upload_doc,
 )
@@ -211,43 +205,32 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
 
         return JSONResponse(await call_engine(request, "llm", work))
 
-    model_ids: list[str] = []
-
-    def produce(engine: Any, token: CancelToken) -> Iterator[tuple[str, Any]]:
-        model_ids.append(engine.model_id)
-        return llm_stream_items(engine, token, conversation, sampling, None)  # type: ignore[arg-type]
-
-    opened = await open_stream(request, "llm", produce)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    def chunk(model_id: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": model_ids[0],
+            "model": model_id,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
-    async def events() -> AsyncIterator[bytes]:
-        yield sse(chunk({"role": "assistant", "content": ""}, None))
-        item = opened.first
-        try:
-            while item is not None:
-                kind, value = item
-                if kind == "delta":
-                    yield sse(chunk({"content": value}, None))
-                elif value is not None:
-                    yield sse(chunk({}, _finish(value.finish_reason)))
-                    if include_usage:
-                        yield sse({**chunk({}, None), "choices": [], "usage": _usage(value)})
-                item = await anext(opened.rest, None)
-        except Exception as exc:  # headers are sent: report in-band, as OpenAI does
-            yield sse(stream_error_event(exc))
-        yield sse("[DONE]")
+    def head(model_id: str) -> list[dict[str, Any]]:
+        return [chunk(model_id, {"role": "assistant", "content": ""}, None)]
 
-    return CancellingStreamingResponse(
-        events(), opened.token, media_type="text/event-stream", headers=NO_BUFFERING
+    def render(kind: str, value: Any, model_id: str) -> list[dict[str, Any]]:
+        if kind == "delta":
+            return [chunk(model_id, {"content": value}, None)]
+        if value is None:
+            return []
+        events = [chunk(model_id, {}, _finish(value.finish_reason))]
+        if include_usage:
+            events.append({**chunk(model_id, {}, None), "choices": [], "usage": _usage(value)})
+        return events
+
+    return await llm_event_stream(
+        request, conversation, sampling, None, render, head=head, tail=["[DONE]"]
     )
 
 

@@ -375,6 +375,52 @@ def llm_stream_items(
     yield "reply", stream.reply
 
 
+async def llm_event_stream(
+    request: Request,
+    conversation: list[ChatMessage] | str,
+    sampling: GenerationSettings,
+    system_prompt: str | None,
+    render: Callable[[str, Any, str], Iterable[Any]],
+    *,
+    head: Callable[[str], Iterable[Any]] | None = None,
+    tail: Iterable[Any] = (),
+) -> CancellingStreamingResponse:
+    """The LLM's reply to `conversation` as server-sent events (`/generate`, `/v1/chat/...`).
+
+    The stream is opened under the LLM gate first (`open_stream`), so bad input or a
+    busy model still get their status code. Then the events are `head(model_id)`,
+    `render(kind, value, model_id)` for each `llm_stream_items` item, an in-band
+    error event if the stream fails once the headers are sent, and `tail`.
+    """
+    model_ids: list[str] = []
+
+    def produce(engine: Any, token: CancelToken) -> Iterator[tuple[str, Any]]:
+        model_ids.append(engine.model_id)
+        return llm_stream_items(engine, token, conversation, sampling, system_prompt)
+
+    opened = await open_stream(request, "llm", produce)
+
+    async def events() -> AsyncIterator[bytes]:
+        if head is not None:
+            for payload in head(model_ids[0]):
+                yield sse(payload)
+        item = opened.first
+        try:
+            while item is not None:
+                kind, value = item
+                for payload in render(kind, value, model_ids[0]):
+                    yield sse(payload)
+                item = await anext(opened.rest, None)
+        except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+            yield sse(stream_error_event(exc))
+        for payload in tail:
+            yield sse(payload)
+
+    return CancellingStreamingResponse(
+        events(), opened.token, media_type="text/event-stream", headers=NO_BUFFERING
+    )
+
+
 @contextlib.contextmanager
 def closing_iterator(iterable: Iterable[Any]) -> Iterator[Iterator[Any]]:
     """Iterate `iterable` and close it on the way out, however the loop ends.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -45,22 +45,17 @@ from .openai_api import router as openai_router
 from .rest import (
     COMPONENTS,
     MULTIPART_SLACK_BYTES,
-    NO_BUFFERING,
-    CancellingStreamingResponse,
     ServerState,
     UnsupportedFormatError,
     call_engine,
     check_language,
     check_total_chars,
-    llm_stream_items,
-    open_stream,
+    llm_event_stream,
     read_audio_upload,
     require_text,
     sampling_from,
     server_state,
     speech_response,
-    sse,
-    stream_error_event,
     transcribe_upload,
     upload_doc,
 )
@@ -496,30 +491,12 @@ def _add_seed_routes(app: FastAPI) -> None:
 
             return JSONResponse(await call_engine(request, "llm", work))
 
-        model_ids: list[str] = []
+        def render(kind: str, value: Any, model_id: str) -> list[dict[str, Any]]:
+            if kind == "delta":
+                return [{"delta": value}]
+            return [] if value is None else [{"done": True, **reply_json(value, model_id)}]
 
-        def produce(engine: Any, token: CancelToken) -> Iterator[tuple[str, Any]]:
-            model_ids.append(engine.model_id)
-            return llm_stream_items(engine, token, conversation, sampling, body.system_prompt)
-
-        opened = await open_stream(request, "llm", produce)
-
-        async def events() -> AsyncIterator[bytes]:
-            item = opened.first
-            try:
-                while item is not None:
-                    kind, value = item
-                    if kind == "delta":
-                        yield sse({"delta": value})
-                    elif value is not None:
-                        yield sse({"done": True, **reply_json(value, model_ids[0])})
-                    item = await anext(opened.rest, None)
-            except Exception as exc:  # headers are sent: report in-band and end the stream
-                yield sse(stream_error_event(exc))
-
-        return CancellingStreamingResponse(
-            events(), opened.token, media_type="text/event-stream", headers=NO_BUFFERING
-        )
+        return await llm_event_stream(request, conversation, sampling, body.system_prompt, render)
 
     @app.post(
         "/stt",

@@ -11,10 +11,6 @@ admission control and thread hand-offs).
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,29 +22,6 @@ from .common import percentile
 
 STARTUP_TIMEOUT_S = 120
 TTS_TEXT = "Hello there, how are you today?"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tiny_env(tiny: Path, home: Path) -> dict[str, str]:
-    return {
-        "MODEL_SERVER_MODEL_NAME": str(tiny / "llm"),
-        "STT_MODEL_NAME": str(tiny / "stt"),
-        "TTS_BACKEND": "vits",
-        "TTS_MODEL_NAME": str(tiny / "vits"),
-        "LLM_DEVICE": "cpu",
-        "WHISPER_DEVICE": "cpu",
-        "TTS_DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(home / "hf"),
-        "LOCAL_MODELS_DIR": str(home / "models"),
-        # Every benchmark request is served; the queue limit is tested elsewhere.
-        "MODEL_SERVER_QUEUE_SIZE": "32",
-    }
 
 
 def _load(
@@ -79,22 +52,6 @@ def _load(
     }
 
 
-def _wait_ready(url: str, proc: subprocess.Popen) -> None:
-    import httpx
-
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with code {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=10).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("serve did not become healthy in time")
-
-
 def run(quick: bool = False) -> dict:
     import httpx
 
@@ -102,6 +59,7 @@ def run(quick: bool = False) -> dict:
     from ..config import load_settings
     from ..models import LoadedModels
     from ..testing.paths import REPO_ROOT
+    from ..testing.server import ServeProcess, tiny_model_env
     from ..testing.tiny import make_tiny_models
 
     # (requests with 1 client, requests with 8 clients) per route; Whisper dominates the time.
@@ -126,7 +84,8 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         make_tiny_models(tmpdir / "tiny", parts=("llm", "stt", "vits"))
-        env = _tiny_env(tmpdir / "tiny", tmpdir)
+        # Every benchmark request is served; the queue limit is tested elsewhere.
+        env = {**tiny_model_env(tmpdir / "tiny", tmpdir), "MODEL_SERVER_QUEUE_SIZE": "32"}
 
         # The same work on engines loaded in this process, for the direct-call baseline.
         models = LoadedModels(load_settings(env)).load_all()
@@ -143,18 +102,10 @@ def run(quick: bool = False) -> dict:
         def direct_tts() -> None:
             encode_wav(*tts.synthesize(TTS_TEXT))
 
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voice_agent", "serve", "--port", str(port)],
-            env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            _wait_ready(url, proc)
+        with ServeProcess({**env, "LOG_LEVEL": "WARNING"}) as serve:
+            serve.wait_healthy(STARTUP_TIMEOUT_S)
             limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
-            with httpx.Client(base_url=url, timeout=120, limits=limits) as http:
+            with httpx.Client(base_url=serve.url, timeout=120, limits=limits) as http:
                 for route, call in calls.items():
                     call(http)  # warm-up
                     for clients, requests in zip((1, 8), counts[route], strict=True):
@@ -186,12 +137,6 @@ def run(quick: bool = False) -> dict:
                          "p95_ms": round(percentile(direct_s, 95) * 1000, 1), "failed": 0}
                     )  # fmt: skip
                     overhead[what] = round(percentile(extra_s, 50) * 1000, 1)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     return {
         "rows": rows,
         "http_overhead_ms_p50": overhead,

@@ -51,6 +51,13 @@ class ReplyStream:
     def __iter__(self) -> Iterator[str]:
         return self.pieces
 
+    def collect(self) -> Reply:
+        """Exhaust the pieces and return the finished reply (how `generate_reply` is built)."""
+        for _ in self.pieces:
+            pass
+        assert self.reply is not None
+        return self.reply
+
 
 class LLMEngine(Protocol):
     """What the agent and the server need from an LLM."""

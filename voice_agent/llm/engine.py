@@ -261,11 +261,7 @@ class OpenSourceLLM:
             BusyError: another request held the model for longer than `wait_s`.
             GenerationError: the model failed while generating.
         """
-        stream = self.stream_reply(messages, settings, cancel, system_prompt, wait_s=wait_s)
-        for _ in stream:
-            pass
-        assert stream.reply is not None
-        return stream.reply
+        return self.stream_reply(messages, settings, cancel, system_prompt, wait_s=wait_s).collect()
 
     def stream_reply(
         self,

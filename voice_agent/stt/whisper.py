@@ -26,11 +26,12 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, is_speech, load_audio
+from ..audio import SAMPLE_RATE, load_audio
 from ..config import DEFAULT_STT_CPU, DEFAULT_STT_CUDA, Settings, SettingsError, get_settings
 from ..errors import BusyError, InputError
 from ..hub import ModelNotFoundError, ensure_model_exists
 from ..loading import LoadReport, Strategy, estimate_bytes, run_chain
+from ..speech_gate import is_speech
 from .base import AudioInput, Transcript
 
 log = logging.getLogger(__name__)
@@ -484,10 +485,12 @@ class WhisperSTT:
             decoded = self.backend.decode(
                 samples, language=code, words=words, generate_kwargs=generate_kwargs
             )
-        decoded.language = (
-            decoded.language or code or ("en" if not self.backend.multilingual else None)
-        )
+        decoded.language = decoded.language or self._reported_language(code)
         return decoded
+
+    def _reported_language(self, code: str | None) -> str | None:
+        """The language a result names when decoding found none: English-only models say "en"."""
+        return code or ("en" if not self.backend.multilingual else None)
 
     def transcribe(self, audio: AudioInput, language: str | None = None) -> Transcript:
         """Speech in `audio` as text.
@@ -522,7 +525,7 @@ class WhisperSTT:
             log.info("stt: no speech in %.1f s of audio; skipping the model", duration)
             return Transcript(
                 text="",
-                language=code or ("en" if not self.backend.multilingual else None),
+                language=self._reported_language(code),
                 duration_s=duration,
                 seconds=time.perf_counter() - t0,
                 speech_detected=False,

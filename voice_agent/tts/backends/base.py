@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from ...config import Settings
+from ...config import Settings, get_settings
 from ...errors import InputError
+from ...hub import ensure_model_exists
 from ..base import Voice
 
 # (mono float32 audio, sample rate) -> [(word, start_s, end_s), ...]: how a voice
@@ -77,3 +79,29 @@ def torch_dtype(name: str):
 def from_pretrained_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `from_pretrained` on an already resolved local directory."""
     return {"local_files_only": True} if settings.offline else {}
+
+
+def resolve_checkpoint(
+    model_ref: str | None,
+    default_model: str,
+    settings: Settings | None,
+    required_files: tuple[str, ...] = ("config.json",),
+) -> tuple[Settings, str, Path]:
+    """The settings in force, the model reference and its local folder (offline-aware).
+
+    Raises:
+        ModelNotFoundError: the reference cannot be resolved (see `hub.ensure_model_exists`).
+    """
+    settings = settings or get_settings()
+    ref = model_ref or default_model
+    return settings, ref, ensure_model_exists(ref, settings, required_files=required_files).path
+
+
+def check_single_voice(model: str, voice: str | None) -> None:
+    """Refuse any voice but "default" for a model with one voice.
+
+    Raises:
+        UnknownVoiceError: `voice` names another voice.
+    """
+    if voice not in (None, "", "default"):
+        raise UnknownVoiceError(f"{model} has one voice, 'default'; {voice!r} is not available.")

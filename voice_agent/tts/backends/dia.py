@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...config import DEFAULT_DIA, Settings, get_settings
+from ...config import DEFAULT_DIA, Settings
 from ...hub import ensure_model_exists
 from ..base import Voice
-from .base import UnknownVoiceError, from_pretrained_kwargs, torch_dtype
+from .base import check_single_voice, from_pretrained_kwargs, resolve_checkpoint, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,7 @@ class DiaBackend:
             DiaTokenizer,
         )
 
-        settings = settings or get_settings()
-        ref = model_ref or cls.default_model
-        path = ensure_model_exists(ref, settings, required_files=("config.json",)).path
+        settings, ref, path = resolve_checkpoint(model_ref, cls.default_model, settings)
         kwargs = from_pretrained_kwargs(settings)
         model = DiaForConditionalGeneration.from_pretrained(
             str(path), dtype=torch_dtype(dtype), **kwargs
@@ -95,8 +93,7 @@ class DiaBackend:
     def synthesize(self, text: str, voice: str | None = None) -> np.ndarray:
         import torch
 
-        if voice not in (None, "", "default"):
-            raise UnknownVoiceError(f"Dia has one voice, 'default'; {voice!r} is not available.")
+        check_single_voice("Dia", voice)
         inputs = self.processor(text=[f"[S1] {text}"], padding=False, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         # An upper bound on the frames the text can need: random or confused weights

@@ -28,11 +28,10 @@ from typing import ClassVar
 import numpy as np
 
 from ...cancel import is_cancelled
-from ...config import DEFAULT_DIA2, Settings, get_settings
-from ...hub import ensure_model_exists
+from ...config import DEFAULT_DIA2, Settings
 from ..base import Voice
 from ..chunking import fade_edges
-from .base import UnknownVoiceError, WordTimer
+from .base import UnknownVoiceError, WordTimer, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +109,7 @@ class Dia2Backend:
         `dia2/`, `tokenizer/` and `mimi/` (the tiny fixture's layout)."""
         from ..dia2 import Dia2Runtime
 
-        settings = settings or get_settings()
-        ref = model_ref or cls.default_model
-        path = ensure_model_exists(ref, settings, required_files=()).path
+        settings, ref, path = resolve_checkpoint(model_ref, cls.default_model, settings, ())
         model_dir = path / "dia2" if (path / "dia2" / "config.json").is_file() else path
         runtime = Dia2Runtime.from_pretrained(str(model_dir), device=device, dtype=dtype)
         return cls(runtime, ref, device, dtype, settings)

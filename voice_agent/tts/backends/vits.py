@@ -13,10 +13,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...config import DEFAULT_VITS, Settings, get_settings
-from ...hub import ensure_model_exists
+from ...config import DEFAULT_VITS, Settings
 from ..base import Voice
-from .base import NothingToSpeakError, UnknownVoiceError, from_pretrained_kwargs, torch_dtype
+from .base import (
+    NothingToSpeakError,
+    check_single_voice,
+    from_pretrained_kwargs,
+    resolve_checkpoint,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +61,13 @@ class VitsBackend:
         """Resolve (offline-aware) and load model + tokenizer."""
         from transformers import AutoTokenizer, VitsModel
 
-        settings = settings or get_settings()
-        ref = model_ref or cls.default_model
-        resolved = ensure_model_exists(ref, settings, required_files=("config.json", "vocab.json"))
+        settings, ref, path = resolve_checkpoint(
+            model_ref, cls.default_model, settings, ("config.json", "vocab.json")
+        )
         kwargs = from_pretrained_kwargs(settings)
-        model = VitsModel.from_pretrained(str(resolved.path), dtype=torch_dtype(dtype), **kwargs)
+        model = VitsModel.from_pretrained(str(path), dtype=torch_dtype(dtype), **kwargs)
         model = model.to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(resolved.path), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
         return cls(model, tokenizer, ref, device, dtype)
 
     def voices(self) -> list[Voice]:
@@ -71,8 +76,7 @@ class VitsBackend:
     def synthesize(self, text: str, voice: str | None = None) -> np.ndarray:
         import torch
 
-        if voice not in (None, "", "default"):
-            raise UnknownVoiceError(f"VITS has one voice, 'default'; {voice!r} is not available.")
+        check_single_voice("VITS", voice)
         inputs = self.tokenizer(text, return_tensors="pt")
         ids = inputs["input_ids"]
         # The tokenizer drops characters outside its vocabulary and interleaves blanks

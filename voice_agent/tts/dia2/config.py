@@ -9,7 +9,7 @@ the official loader, so real checkpoints and the test fixture load alike.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,8 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
-    """Main transformer sizes."""
+class TransformerSizes:
+    """The sizes the main transformer and the depformer share."""
 
     n_layer: int
     n_embd: int
@@ -63,19 +63,24 @@ class DecoderConfig:
     gqa_query_heads: int
     kv_heads: int
     gqa_head_dim: int
+
+    @staticmethod
+    def parse(block: dict[str, Any]) -> dict[str, int]:
+        """The shared size fields of a `config.json` model block (KeyError when one is missing)."""
+        return {f.name: int(block[f.name]) for f in fields(TransformerSizes)}
+
+
+@dataclass(frozen=True)
+class DecoderConfig(TransformerSizes):
+    """Main transformer sizes."""
+
     low_rank_dim: int | None = None
 
 
 @dataclass(frozen=True)
-class DepformerConfig:
+class DepformerConfig(TransformerSizes):
     """Depformer sizes; it runs once per codebook stage inside every step."""
 
-    n_layer: int
-    n_embd: int
-    n_hidden: int
-    gqa_query_heads: int
-    kv_heads: int
-    gqa_head_dim: int
     apply_rope: bool = True
     text_embedding: bool = True
     mlp_activations: tuple[str, str] = ("silu", "linear")
@@ -144,21 +149,10 @@ class Dia2Config:
             )
             dec, dep = model["decoder"], model["depformer"]
             decoder = DecoderConfig(
-                n_layer=int(dec["n_layer"]),
-                n_embd=int(dec["n_embd"]),
-                n_hidden=int(dec["n_hidden"]),
-                gqa_query_heads=int(dec["gqa_query_heads"]),
-                kv_heads=int(dec["kv_heads"]),
-                gqa_head_dim=int(dec["gqa_head_dim"]),
-                low_rank_dim=dec.get("low_rank_dim"),
+                **TransformerSizes.parse(dec), low_rank_dim=dec.get("low_rank_dim")
             )
             depformer = DepformerConfig(
-                n_layer=int(dep["n_layer"]),
-                n_embd=int(dep["n_embd"]),
-                n_hidden=int(dep["n_hidden"]),
-                gqa_query_heads=int(dep["gqa_query_heads"]),
-                kv_heads=int(dep["kv_heads"]),
-                gqa_head_dim=int(dep["gqa_head_dim"]),
+                **TransformerSizes.parse(dep),
                 apply_rope=bool(dep.get("apply_rope", True)),
                 text_embedding=bool(dep.get("text_embedding", True)),
                 mlp_activations=tuple(dep.get("mlp_activations", ["silu", "linear"])),
