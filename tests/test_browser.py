@@ -237,7 +237,7 @@ def test_browser_degraded_mode_explains_what_is_missing(tmp_path: Path):
                 box.fill("Anyone there?")
                 box.press("Enter")
                 expect(page.locator("#chat")).to_contain_text(
-                    "language model model is not available"
+                    "language model is not available"
                 )
                 page.get_by_role("button", name="Open Diagnostics →").click()
                 expect(page.locator("#diag-models")).to_contain_text("does not exist")

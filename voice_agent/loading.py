@@ -57,7 +57,10 @@ class Attempt:
         what += f", {self.quantization})" if self.quantization else ")"
         if self.outcome == "chosen":
             return f"{what} in {self.seconds:.1f} s"
-        return f"{what}: {self.reason or self.error}"
+        detail = self.reason or self.error
+        if self.outcome == "failed" and self.reason and self.error:
+            detail = f"{self.reason} ({self.error_type}: {self.error})"
+        return f"{what}: {detail}"
 
 
 @dataclass

@@ -115,7 +115,9 @@ def _plain_reason(exc: BaseException, report: LoadReport) -> str:
     message = str(exc).strip()
     if isinstance(exc, ModelLoadError):
         reasons = [a.line() for a in report.attempts if a.outcome != "chosen"]
-        why = "; ".join(reasons[-3:]) or "no loading strategy applied"
+        if not reasons:  # resolution failed before any strategy (e.g. offline, not downloaded)
+            return message
+        why = "; ".join(reasons[-3:])
         return f"could not load {report.model_ref or component_name(report.component)}: {why}"
     if message and type(exc).__module__.startswith("voice_agent"):
         return message  # our own errors are written for people already
@@ -198,13 +200,14 @@ class LoadedModels:
         if status == "ready":
             return getattr(self, component)
         label = component_name(component)
+        label = label if label.endswith("model") else f"{label} model"
         if status == "loading":
             fraction, message = self.progress[component]
             raise ModelUnavailableError(
-                f"The {label} model is still loading ({fraction:.0%}: {message}); try again shortly."
+                f"The {label} is still loading ({fraction:.0%}: {message}); try again shortly."
             )
         raise ModelUnavailableError(
-            f"The {label} model is not available: {self.errors.get(component, 'it failed to load')}"
+            f"The {label} is not available: {self.errors.get(component, 'it failed to load')}"
         )
 
     def summary(self) -> dict[str, dict[str, Any]]:
