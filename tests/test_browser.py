@@ -236,9 +236,7 @@ def test_browser_degraded_mode_explains_what_is_missing(tmp_path: Path):
                 box = page.locator("#message textarea")
                 box.fill("Anyone there?")
                 box.press("Enter")
-                expect(page.locator("#chat")).to_contain_text(
-                    "language model is not available"
-                )
+                expect(page.locator("#chat")).to_contain_text("language model is not available")
                 page.get_by_role("button", name="Open Diagnostics →").click()
                 expect(page.locator("#diag-models")).to_contain_text("does not exist")
                 page.screenshot(path=ARTIFACTS / "07-degraded-diagnostics.png", full_page=True)

@@ -3,9 +3,10 @@
 Random weights (speed does not depend on their values) saved once as a bf16 checkpoint,
 then, per strategy and each in its own process (so peak RSS is that strategy's alone):
 load seconds through `OpenSourceLLM`, time to first token and decode tokens/s for a
-fixed number of greedy new tokens. A last row measures a Qwen2.5-1.5B-shaped model in bf16
-(built in memory) to check the CPU default model against speaking pace (about 3 words/s,
-4 tokens/s).
+fixed number of greedy new tokens. The full run then does the same for a Qwen2.5-1.5B-shaped
+checkpoint (the CPU default model's shape) with `cpu-4bit` and with the float strategy the
+chain picks without quantization, to check the default against speaking pace (about 3
+words/s, 4 tokens/s) through the real loading code.
 """
 
 from __future__ import annotations
@@ -65,36 +66,32 @@ out = build_shaped(sys.argv[2], Path(sys.argv[1])) if sys.argv[2] != "tiny" else
 print(json.dumps({"path": str(out)}))
 """
 
-# A model of the default's shape, built in memory (no checkpoint on disk), decode speed only.
-SHAPED_RUN = """
-import json, resource, sys, time, torch
-from voice_agent.testing.tiny_llm import build_shaped_model
-size, dtype, new_tokens, prompt_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-model = build_shaped_model(size, dtype)
-ids = torch.randint(0, 1000, (1, prompt_tokens))
-def cpu_s():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-with torch.inference_mode():
-    model.generate(ids, max_new_tokens=2, do_sample=False)
-    c0 = cpu_s()
-    t0 = time.perf_counter()
-    model(ids)
-    ttft = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    total = time.perf_counter() - t0
-    cpu = cpu_s() - c0
-n = out.shape[1] - ids.shape[1]
-print(json.dumps({"ttft_s": round(ttft, 3), "tokens_per_s": round((n - 1) / (total - ttft), 2),
-                  "cpu_s_per_token": round(cpu / n, 3),
-                  "prompt_tokens": prompt_tokens, "new_tokens": n}))
+# The float strategy the CPU chain picks when quantization is off (bf16 or fp32 by the CPU).
+FLOAT_CHOICE = """
+import json
+from voice_agent.config import load_settings
+from voice_agent.hardware import probe_hardware
+from voice_agent.llm.strategies import plan_chain
+settings = load_settings({"MODEL_SERVER_PREFER_4BIT": "0", "LLM_DEVICE": "cpu"})
+print(json.dumps({"name": plan_chain(settings, probe_hardware())[0].name}))
 """
 
 
 def _python(code: str, *args: str) -> str:
     """`code` made runnable by `run_isolated`, with `args` as sys.argv[1:]."""
     return f"import sys\nsys.argv = ['bench'] + {json.dumps(list(args))}\n{code}"
+
+
+def _measure(
+    path: str, names: tuple[str, ...], label: str, new_tokens: int, repeats: int, env: dict
+) -> list[dict]:
+    """One row per strategy name, each measured in its own process."""
+    rows = []
+    for name in names:
+        args = (path, name, str(new_tokens), str(repeats), PROMPT, SYSTEM)
+        result = run_isolated(_python(STRATEGY_RUN, *args), env=env)
+        rows.append({"model": label, "strategy": name, **result})
+    return rows
 
 
 def run(quick: bool = False) -> dict:
@@ -108,23 +105,21 @@ def run(quick: bool = False) -> dict:
         built = run_isolated(_python(BUILD, str(tmp / "model"), size), env=env)
         if "error" in built:
             return {"rows": [], "notes": f"building the {size} model failed: {built['error']}"}
-        for name in STRATEGIES:
-            result = run_isolated(
-                _python(
-                    STRATEGY_RUN, built["path"], name, str(new_tokens), str(repeats), PROMPT, SYSTEM
-                ),
-                env=env,
-            )
-            label = "tiny test model" if quick else "Qwen2.5-0.5B-shaped"
-            rows.append({"model": label, "strategy": name, **result})
+        label = "tiny test model" if quick else "Qwen2.5-0.5B-shaped"
+        rows += _measure(built["path"], STRATEGIES, label, new_tokens, repeats, env)
         if not quick:
-            prompt_tokens = next((r["prompt_tokens"] for r in rows if "prompt_tokens" in r), 64)
-            result = run_isolated(
-                _python(SHAPED_RUN, "1.5B", "bfloat16", str(new_tokens), str(prompt_tokens)),
-                env=env,
-            )
-            rows.append({"model": "Qwen2.5-1.5B-shaped (in memory)", "strategy": "cpu-bfloat16",
-                         **result})  # fmt: skip
+            # The CPU default's shape: 4-bit against the float type the chain would pick.
+            shutil.rmtree(tmp / "model", ignore_errors=True)  # free ~1 GB before writing ~3 GB
+            built = run_isolated(_python(BUILD, str(tmp / "model-1.5B"), "1.5B"), env=env)
+            choice = run_isolated(FLOAT_CHOICE, env=env)
+            if "error" in built or "error" in choice:
+                why = built.get("error") or choice.get("error")
+                rows.append({"model": "Qwen2.5-1.5B-shaped", "error": why})
+            else:
+                names = ("cpu-4bit", choice["name"])
+                rows += _measure(
+                    built["path"], names, "Qwen2.5-1.5B-shaped", new_tokens, repeats, env
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for row in rows:
