@@ -161,6 +161,12 @@ VARIABLES: tuple[Variable, ...] = (
         "Where `voice_agent.client` finds the REST server.",
     ),
     Variable(
+        "MODEL_SERVER_REMOTE",
+        "0",
+        "1 = the app uses the models of a separate `serve` process at MODEL_SERVER_URL instead "
+        "of loading its own (models stay loaded across app restarts).",
+    ),
+    Variable(
         "GRADIO_SERVER_NAME", "127.0.0.1", "UI bind address (0.0.0.0 inside a Hugging Face Space)."
     ),
     Variable("GRADIO_SERVER_PORT", "7860", "UI port."),
@@ -205,6 +211,7 @@ class Settings:
     server_queue_size: int
     server_timeout_s: float
     server_url: str
+    remote_models: bool
     gradio_host: str
     gradio_port: int
     log_level: str
@@ -340,6 +347,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             _number("MODEL_SERVER_TIMEOUT_S", text("MODEL_SERVER_TIMEOUT_S"), float, 0.1, 86_400)
         ),
         server_url=text("MODEL_SERVER_URL").strip().rstrip("/"),
+        remote_models=parse_bool("MODEL_SERVER_REMOTE", text("MODEL_SERVER_REMOTE")),
         gradio_host=text("GRADIO_SERVER_NAME").strip(),
         gradio_port=int(_number("GRADIO_SERVER_PORT", text("GRADIO_SERVER_PORT"), int, 0, 65535)),
         log_level=_choice(

@@ -370,7 +370,13 @@ def get_models(
     global _models
     with _models_lock:
         if _models is None:
-            _models = LoadedModels(settings or get_settings(), progress=progress)
+            settings = settings or get_settings()
+            loaders = None
+            if settings.remote_models:  # MODEL_SERVER_REMOTE=1: a `serve` process holds the models
+                from .client import remote_loaders
+
+                loaders = remote_loaders()
+            _models = LoadedModels(settings, loaders=loaders, progress=progress)
             created = True
         else:
             created = False

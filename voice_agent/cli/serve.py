@@ -89,6 +89,13 @@ def main(argv: list[str]) -> int:
     if not 0 <= args.port <= 65535:
         print(f"error: --port {args.port} is not a port number (0 to 65535)", file=sys.stderr)
         return 2
+    if settings.remote_models:
+        print(
+            "error: MODEL_SERVER_REMOTE=1 tells the app to use a separate model server; "
+            "`serve` is that server and loads the models itself: unset MODEL_SERVER_REMOTE here.",
+            file=sys.stderr,
+        )
+        return 2
     problem = bind_problem(args.host, settings.api_key)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
