@@ -233,6 +233,17 @@ def test_bad_messages_get_their_specific_error(llm: OpenSourceLLM, messages, err
     assert not llm._lock.locked()
 
 
+@pytest.mark.parametrize("messages", [None, 42, {"role": "user", "content": "hi"}])
+def test_messages_that_are_not_a_list_are_an_input_error(llm: OpenSourceLLM, messages) -> None:
+    """Regression: `messages=None` or a number crashed with TypeError (a 500) while the engine
+    looked for a system message, instead of the InvalidMessageError every other bad list gets."""
+    with pytest.raises(errors.InvalidMessageError):
+        llm.generate_reply(messages, greedy(4))
+    with pytest.raises(errors.InvalidMessageError):
+        llm.count_tokens(messages)
+    assert not llm._lock.locked()
+
+
 BAD_SETTINGS = [
     (dict(max_new_tokens=0), errors.MaxNewTokensError),
     (dict(max_new_tokens=-3), errors.MaxNewTokensError),

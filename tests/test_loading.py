@@ -127,3 +127,35 @@ def test_corrupt_header_is_rejected(tmp_path: Path) -> None:
 )
 def test_plain_reasons(exc: Exception, words: str) -> None:
     assert words in explain_error(exc)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x01\x02\x03",
+        struct.pack("<Q", 2) + b"[]",
+        struct.pack("<Q", 8) + b'{"w": 1}',
+        struct.pack("<Q", 15) + b'{"w": {"a": 1}}',
+    ],
+)
+def test_truncated_or_malformed_weights_plan_nothing_and_still_load(
+    tmp_path: Path, content: bytes
+) -> None:
+    """Regression: a truncated .safetensors (an interrupted download) raised struct.error and a
+    malformed header TypeError/KeyError; the planners only catch ValueError/OSError ("cannot
+    size it, just try"), so run_chain crashed instead of trying the strategy and reporting."""
+    from voice_agent.config import load_settings
+    from voice_agent.hardware import probe_hardware
+    from voice_agent.llm.strategies import cpu_chain, to_strategies
+
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(ValueError):
+        count_parameters(tmp_path)
+    settings = load_settings({"HF_HUB_OFFLINE": "1"})
+    steps = to_strategies(
+        cpu_chain(False, False)[:1], tmp_path, settings, probe_hardware(), lambda s, kw: "model"
+    )
+    report = LoadReport("llm", "x")
+    assert run_chain(report, steps) == "model"
+    assert report.attempts[0].needed_bytes is None

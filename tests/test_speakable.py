@@ -232,3 +232,34 @@ def test_pure_and_idempotent_enough() -> None:
     once = make_speakable(text)
     assert make_speakable(text) == once
     assert make_speakable(once) == once
+
+
+@pytest.mark.parametrize(
+    "text", ["Pi is " + "3" * 5000, "the " + "7" * 5000 + "th", "1" * 5000 + "/3", "$" + "9" * 5000]
+)
+def test_numerals_over_python_int_limit_do_not_crash(text: str) -> None:
+    """Regression: a numeral of more than 4300 digits made int() raise ValueError (Python's
+    integer string conversion limit), so make_speakable, and with it TTS, crashed on it."""
+    out = make_speakable(text)
+    assert out.count("three") + out.count("seven") + out.count("one") + out.count("nine") > 4000
+    assert not any(ch.isdigit() for ch in out)
+
+
+@pytest.mark.timeout(60)
+def test_adversarial_long_text_stays_linear() -> None:
+    """Regression: 60 000 characters of `a.a.a…` took about two minutes (backtracking URL and
+    dotted-number patterns over the whole text); bounded pieces keep it to seconds."""
+    for text in ("a." * 30_000, "1." * 30_000, "[a" * 30_000):
+        assert make_speakable(text)
+
+
+def test_long_text_is_cut_at_whitespace() -> None:
+    from voice_agent.tts.speakable import PIECE_CHARS, _pieces
+
+    text = "word " * 1000
+    pieces = _pieces(text, PIECE_CHARS)
+    assert "".join(pieces) == text
+    assert all(len(p) <= PIECE_CHARS for p in pieces)
+    assert all(p.startswith(" ") or p is pieces[0] for p in pieces)  # cuts fall on spaces
+    spoken = make_speakable("It costs $3.50. " * 200)
+    assert spoken.count("three dollars and fifty cents") == 200

@@ -369,3 +369,13 @@ def test_cli_missing_file_and_model_errors(cli_env, tmp_path, hello_path, capsys
     assert main([str(hello_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+@pytest.mark.parametrize("bad", [5, ["en"], {"lang": "en"}])
+def test_language_that_is_not_a_string_is_an_input_error(bad) -> None:
+    """Regression: a non-string language (e.g. JSON `"language": 5`) raised AttributeError (a 500)."""
+    from voice_agent.errors import InputError
+    from voice_agent.stt.whisper import normalize_language
+
+    with pytest.raises(InputError, match="must be a string"):
+        normalize_language(bad)

@@ -230,10 +230,13 @@ def test_dia2_prefix_voice_and_kept_default_voice(
     tts = Dia2TTS()
     assert [v.id for v in tts.voices()] == ["default", "mute", "narrator"]
     check_audio(*tts.synthesize("Nice to meet you.", voice="narrator"), 24_000)
+    # Regression: a new transcript timer per utterance defeated the runtime's prefix cache
+    # (keyed by the timer), so the voice was re-encoded every reply and the cache grew.
+    backend = tts._backend
+    assert backend._prefix("narrator") is backend._prefix("narrator")
     with pytest.raises(UnknownVoiceError, match="transcript"):
         tts.synthesize("Nice to meet you.", voice="mute")
 
-    backend = tts._backend
     assert backend.kept_voice_seconds is None  # a named voice is not the default voice
     tts.synthesize("One two three four five six.")
     kept = backend.kept_voice_seconds

@@ -253,12 +253,20 @@ SAFETENSORS_DTYPE_BYTES = {
 def safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of one .safetensors file (reads only its first bytes)."""
     with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
+        head = f.read(8)
+        if len(head) < 8:
+            # A truncated download; struct.error here would escape the planners, which
+            # catch ValueError/OSError to mean "cannot size this, just try loading".
+            raise ValueError(f"{path} is too short to be a safetensors file: truncated?")
+        (length,) = struct.unpack("<Q", head)
         if length > 100_000_000:
             raise ValueError(
                 f"{path} has an implausible safetensors header ({length} bytes): corrupt file?"
             )
-        return json.loads(f.read(length))
+        header = json.loads(f.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has a safetensors header that is not a JSON object: corrupt?")
+    return header
 
 
 def count_parameters(model_dir: Path) -> tuple[int, int]:
@@ -272,11 +280,16 @@ def count_parameters(model_dir: Path) -> tuple[int, int]:
         for name, info in safetensors_header(file).items():
             if name == "__metadata__":
                 continue
-            n = 1
-            for d in info["shape"]:
-                n *= int(d)
+            try:
+                shape = info["shape"]
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                width = SAFETENSORS_DTYPE_BYTES.get(info["dtype"], 4)
+            except (TypeError, KeyError) as exc:
+                raise ValueError(f"{file} has a malformed safetensors entry {name!r}") from exc
             params += n
-            stored += n * SAFETENSORS_DTYPE_BYTES.get(info["dtype"], 4)
+            stored += n * width
     return params, stored
 
 

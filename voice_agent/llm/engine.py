@@ -333,8 +333,12 @@ class OpenSourceLLM:
     def _messages(
         self, messages: list[ChatMessage] | str, system_prompt: str | None
     ) -> list[ChatMessage]:
-        has_system = not isinstance(messages, str) and any(
-            isinstance(m, Mapping) and m.get("role") == "system" for m in messages
+        # Only a real list is scanned here: None, a number or a dict must reach
+        # normalize_messages, which rejects them with InvalidMessageError (not a TypeError).
+        has_system = (
+            isinstance(messages, Sequence)
+            and not isinstance(messages, str | bytes | bytearray)
+            and any(isinstance(m, Mapping) and m.get("role") == "system" for m in messages)
         )
         if system_prompt is None and not has_system:
             system_prompt = self.system_prompt

@@ -269,6 +269,8 @@ def normalize_language(language: str | None) -> str | None:
 
     if language is None:
         return None
+    if not isinstance(language, str):
+        raise InputError(f"language must be a string such as 'en' or 'auto', not {language!r}.")
     value = language.strip().lower()
     if value in ("auto", ""):
         return None

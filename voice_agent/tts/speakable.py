@@ -94,7 +94,9 @@ def number(text: str) -> str:
     if text[:1] in "-−":
         sign, text = "minus ", text[1:]
     whole, _, fraction = text.replace(",", "").partition(".")
-    if len(whole) > 1 and whole.startswith("0"):
+    # Beyond LARGEST_CARDINAL digits are read one by one anyway; int() of a numeral over
+    # 4300 digits would raise ValueError, so long ones never go through it.
+    if (len(whole) > 1 and whole.startswith("0")) or len(whole) > len(str(LARGEST_CARDINAL)):
         head = digits(whole)
     else:
         head = cardinal(int(whole)) if whole else "zero"
@@ -470,11 +472,11 @@ def _numbers(text: str) -> str:
         text,
     )
     text = sub(
-        rf"(?P<sign>)(?P<sym>)(?P<num>{NUM}){scale}\s?(?:(?P<sym2>[€£¥₹])|(?P<code>USD|EUR|GBP|JPY|INR)\b)",
+        rf"(?P<sign>)(?P<sym>)(?<!\d)(?P<num>{NUM}){scale}\s?(?:(?P<sym2>[€£¥₹])|(?P<code>USD|EUR|GBP|JPY|INR)\b)",
         _safe(_money),
         text,
     )
-    text = sub(rf"(-?(?:{NUM}))\s?%", lambda m: number(m.group(1)) + " percent", text)
+    text = sub(rf"(?<!\d)(-?(?:{NUM}))\s?%", lambda m: number(m.group(1)) + " percent", text)
     # Times: 3:45 pm, 10:30 a m (abbreviations already turned a.m. into "a m"), 14:30, 3pm.
     text = sub(
         r"\b(\d{1,2}):([0-5]\d)(?::\d\d)?\s*([AaPp])\.?\s?[Mm]\b",
@@ -541,7 +543,7 @@ def _numbers(text: str) -> str:
         lambda m: ", ".join(digits(g) for g in re.findall(r"\d+", m.group(0))),
         text,
     )
-    text = sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: ordinal(int(m.group(1))), text)
+    text = sub(r"\b(\d+)(st|nd|rd|th)\b", _safe(lambda m: ordinal(int(m.group(1)))), text)
     text = sub(r"(?<![\w#])#(\d+)\b", r"number \1", text)
     text = sub(r"\b(\d+)\s?[x×]\s?(\d+)\b", r"\1 by \2", text)
     text = sub(r"\b(\d+(?:\.\d+)?)x\b", lambda m: number(m.group(1)) + " times", text)
@@ -550,8 +552,9 @@ def _numbers(text: str) -> str:
     )
     text = sub(rf"(?<![\w.])-(?={NUM})", "minus ", text)
     units = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
-    text = sub(rf"({NUM})\s?({units})(?![A-Za-z0-9])", _unit, text, flags=re.I)
-    text = sub(r"\b(\d+)/(\d+)\b", _fraction, text)
+    # (?<!\d): start only where a numeral starts; trying every digit of a long run is O(n²).
+    text = sub(rf"(?<!\d)({NUM})\s?({units})(?![A-Za-z0-9])", _unit, text, flags=re.I)
+    text = sub(r"\b(\d+)/(\d+)\b", _safe(_fraction), text)
     text = sub(r"\b\d+(?:\.\d+){2,}\b", lambda m: " point ".join(
         number(p) for p in m.group(0).split(".")
     ), text)  # fmt: skip
@@ -612,8 +615,34 @@ def make_speakable(text: str) -> str:
     """
     if not text:
         return ""
-    text = _clean_characters(text)
-    text = _drop_code(text)
+    text = _drop_code(_clean_characters(text))  # fences can span any length: whole text
+    if len(text) > PIECE_CHARS:
+        # Some patterns below backtrack on adversarial runs (`a.a.a...`, `[a[a...`); bounded
+        # pieces keep the cost linear in the text's length (60 000 chars of it took minutes).
+        pieces = (_speakable_piece(piece) for piece in _pieces(text, PIECE_CHARS))
+        text = " ".join(piece for piece in pieces if piece)
+    else:
+        text = _speakable_piece(text)
+    return text if any(ch.isalnum() for ch in text) else ""
+
+
+PIECE_CHARS = 1000
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """`text` cut into pieces of at most `size` characters, at whitespace where there is any."""
+    out: list[str] = []
+    while len(text) > size:
+        cut = max(text.rfind("\n", 0, size), text.rfind(" ", 0, size))
+        cut = cut if cut > size // 2 else size
+        out.append(text[:cut])
+        text = text[cut:]
+    out.append(text)
+    return out
+
+
+def _speakable_piece(text: str) -> str:
+    """Every step after code removal, on one bounded piece of text."""
     text = _links(text)
     text = _html(text)
     text = _clean_characters(text)  # html.unescape can bring back &nbsp; and friends
@@ -624,5 +653,4 @@ def make_speakable(text: str) -> str:
     text = _numbers(text)
     text = _symbols(text)
     text = _acronyms(text)
-    text = _tidy(text)
-    return text if any(ch.isalnum() for ch in text) else ""
+    return _tidy(text)

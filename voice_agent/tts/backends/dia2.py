@@ -94,6 +94,9 @@ class Dia2Backend:
         self.max_chars = max(20, int(usable / FRAME_RATE * CHARS_PER_SECOND * CONTEXT_SHARE))
         self.word_timer: WordTimer | None = None
         self._kept_voice = None  # Dia2Prefix of the first long-enough default-voice reply
+        # One timer per transcript file (and its mtime): the runtime caches encoded prefixes
+        # by timer identity, so a new timer each utterance would re-encode and grow the cache.
+        self._transcript_timers: dict[Path, tuple[float, WordTimer]] = {}
         self._state_lock = threading.Lock()
 
     @classmethod
@@ -135,9 +138,14 @@ class Dia2Backend:
         if self.word_timer is not None:
             return self.word_timer
         transcript = wav.with_suffix(".txt")
-        if transcript.is_file():
-            return _timings_from_transcript(transcript.read_text(encoding="utf-8"))
-        return None
+        if not transcript.is_file():
+            return None
+        mtime = transcript.stat().st_mtime
+        cached = self._transcript_timers.get(transcript)
+        if cached is None or cached[0] != mtime:
+            timer = _timings_from_transcript(transcript.read_text(encoding="utf-8"))
+            cached = self._transcript_timers[transcript] = (mtime, timer)
+        return cached[1]
 
     def voices(self) -> list[Voice]:
         out = [Voice("default", "Default", "Dia2's voice, kept the same across turns")]
