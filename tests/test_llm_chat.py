@@ -324,3 +324,20 @@ def test_streamed_pieces_never_show_part_of_a_stop_string(llm: OpenSourceLLM) ->
     pieces, feed = _feed(llm, "Sure, here it is.\nUser: and more text", stop=("\nUser:",))
     assert "".join(pieces) == "Sure, here it is." and feed.stop_hit
     assert not any(piece.endswith("\n") for piece in pieces)
+
+
+def test_a_stream_dropped_unread_stops_generating(llm: OpenSourceLLM) -> None:
+    """Regression: a stream dropped before it was read never ran its generator's cleanup, so
+    generation ran on to max_new_tokens holding the model for nobody."""
+    import gc
+
+    stream = llm.stream_reply(
+        "Tell me a long story.", GenerationSettings(temperature=0, max_new_tokens=200)
+    )
+    stop = llm._current_stop
+    assert stop is not None and not stop.is_set()
+    del stream
+    gc.collect()
+    assert stop.is_set()
+    reply = llm.generate_reply("Hi", GenerationSettings(temperature=0, max_new_tokens=4), wait_s=30)
+    assert reply.completion_tokens > 0

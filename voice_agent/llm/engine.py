@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,9 @@ class OpenSourceLLM:
         )
         stream = ReplyStream(pieces=iter(()))
         stream.pieces = self._pieces(stream, pieces, worker, feed, stop_event, gen, fitted, start)
+        # A stream dropped unread never runs its generator's cleanup; stop generating for
+        # nobody when it is collected instead of running on to max_new_tokens.
+        weakref.finalize(stream, stop_event.set)
         if is_cancelled(cancel):
             stop_event.set()
             self._release(stop_event)
