@@ -248,3 +248,28 @@ def test_remote_loaders_record_an_unreachable_server() -> None:
     models.load("llm")
     assert models.status["llm"] == "failed"
     assert url in models.errors["llm"] or "reach" in models.errors["llm"]
+
+
+def test_a_failed_remote_load_closes_its_client(monkeypatch) -> None:
+    """Regression: a remote loader whose server model had failed (or was unreachable)
+    dropped its `VoiceAgentClient` without closing it, leaking its open connections."""
+    from voice_agent import client as client_mod
+    from voice_agent.models import LoadedModels
+
+    closed: list[VoiceAgentClient] = []
+    real_close = VoiceAgentClient.close
+
+    def recording_close(self: VoiceAgentClient) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(client_mod.VoiceAgentClient, "close", recording_close)
+    models = FakeModels(status={"llm": "failed", "stt": "ready", "tts": "ready"})
+    with LiveServer(create_app(models)) as live:
+        loaded = LoadedModels(
+            settings_with(), loaders=remote_loaders(live.url, api_key="", wait_s=0), warmup=False
+        )
+        loaded.load("llm")
+        loaded.load("stt")
+    assert loaded.status["llm"] == "failed" and loaded.status["stt"] == "ready"
+    assert len(closed) == 1  # the failed one only; the ready adapter keeps its client

@@ -185,3 +185,25 @@ def test_real_engines_load_through_the_loader(tiny_env, monkeypatch, tmp_path: P
     assert models.reports["llm"].ok and models.reports["tts"].ok
     assert any("warm-up" in note for note in models.reports["llm"].notes)
     assert seen[0] == "llm" and seen[-1] == "tts"
+
+
+def test_chat_command_loads_the_models_under_lazy_loading(monkeypatch, capsys):
+    """Regression: with MODEL_LOADING=lazy, `chat` waited forever in `models.wait()` for a
+    load that nothing had started."""
+    import io
+    import sys
+
+    from voice_agent.cli import chat
+
+    counting = Counting()
+    monkeypatch.setattr(models_mod, "DEFAULT_LOADERS", counting.loaders())
+    monkeypatch.setenv("MODEL_LOADING", "lazy")
+    get_settings.cache_clear()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi there\n/quit\n"))
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(chat.main(["--verbose"])), daemon=True)
+    worker.start()
+    worker.join(10)
+    out = capsys.readouterr().out
+    assert codes == [0], out
+    assert counting.calls == ["llm", "stt", "tts"] and "assistant: " in out

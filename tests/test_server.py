@@ -403,3 +403,11 @@ def test_create_app_takes_settings_from_the_models() -> None:
     app = create_app(models)
     assert app.state.voice_agent.gates["llm"].queue_size == 2
     assert FakeSTT().report.ok and FakeTTS().report.ok
+
+
+def test_generate_seed_out_of_range_is_a_400(http: httpx.Client) -> None:
+    """Regression: a seed beyond 64 bits passed validation and overflowed in
+    `torch.manual_seed`, so the request failed with a 500 instead of a clear 400."""
+    r = http.post("/generate", json={"prompt": "hi", "seed": 2**70})
+    assert_error(r, 400, "seed")
+    assert http.post("/generate", json={"prompt": "hi", "seed": 2**63 - 1}).status_code == 200

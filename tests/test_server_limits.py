@@ -114,3 +114,25 @@ def test_deadline_cancels_the_work_and_waiting_past_it_is_busy() -> None:
             asyncio.run(run_gated(gate, lambda tok: 1, token=CancelToken(), timeout_s=0.2))
     finally:
         gate.lock.release()
+
+
+def test_worker_noticing_the_deadline_first_still_answers_busy() -> None:
+    """Regression: when the queued worker saw the deadline before the consumer's own timer
+    fired (a busy event loop), it ended the stream bare, so the request got a 504
+    "cancelled" (or an empty 200 stream) instead of 503 busy with Retry-After."""
+    gate = EngineGate("llm", queue_size=1)
+    gate.lock.acquire()  # someone else holds the engine for longer than the deadline
+
+    async def queued_behind_a_long_request() -> None:
+        call = asyncio.ensure_future(
+            run_gated(gate, lambda tok: 1, token=CancelToken(), timeout_s=0.2)
+        )
+        await asyncio.sleep(0.05)  # the worker is now waiting for the engine
+        time.sleep(0.5)  # the loop stalls past the deadline: the worker notices it first
+        with pytest.raises(BusyError, match="stayed busy"):
+            await call
+
+    try:
+        asyncio.run(queued_behind_a_long_request())
+    finally:
+        gate.lock.release()

@@ -242,3 +242,52 @@ def test_busy_is_a_503_the_sdk_can_retry() -> None:
             assert info.value.status_code == 503
             assert int(info.value.response.headers["retry-after"]) >= 1
             first.read()
+
+
+def test_voices_loading_a_lazy_tts_leaves_the_server_responsive() -> None:
+    """Regression: `/v1/audio/voices` was an `async` route, so under MODEL_LOADING=lazy it
+    loaded the TTS on the event loop and the whole server (even /health) froze meanwhile."""
+    import threading
+
+    from voice_agent.models import LoadedModels
+
+    fakes = FakeModels()
+    entered, release = threading.Event(), threading.Event()
+
+    def load_tts(settings, progress):
+        entered.set()
+        release.wait(10)
+        return fakes.tts
+
+    loaders = {c: (lambda s, p, c=c: getattr(fakes, c)) for c in ("llm", "stt")}
+    models = LoadedModels(
+        settings_with(MODEL_LOADING="lazy"), loaders={**loaders, "tts": load_tts}, warmup=False
+    )
+    with LiveServer(create_app(models)) as server:
+        httpx.get(server.url + "/health", timeout=60)  # the first snapshot probes the hardware
+        answers: list[httpx.Response] = []
+        asking = threading.Thread(
+            target=lambda: answers.append(httpx.get(server.url + "/v1/audio/voices", timeout=60))
+        )
+        asking.start()
+        try:
+            assert entered.wait(10)
+            health = httpx.get(server.url + "/health", timeout=3)
+            assert health.json()["models"]["tts"]["status"] == "loading"
+        finally:
+            release.set()
+            asking.join(30)
+    assert answers and answers[0].status_code == 200, answers
+    assert answers[0].json()["data"][0]["id"] == "default"
+
+
+def test_zero_max_completion_tokens_names_the_field_sent(client: openai.OpenAI) -> None:
+    """Regression: `max_completion_tokens: 0` was refused as a bad `max_tokens`, a field the
+    request never had (the field was picked by truthiness, not presence)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            max_completion_tokens=0,
+        )
+    assert "`max_completion_tokens`" in info.value.body["message"]  # type: ignore[index]

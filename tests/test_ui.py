@@ -276,6 +276,30 @@ def test_clear_and_transcript_download(app):
     assert fresh is not ui and download.interactive is False
 
 
+def test_clear_during_a_reply_keeps_the_chat_cleared():
+    """Regression: Clear pressed while a reply streamed showed an empty chat, but the stopped
+    turn's last update then put the old conversation back on screen."""
+    _, handlers, _ = make_app(fake_models(llm=FakeLLM(step_s=0.05)))
+    ui = handlers.on_load()[0]
+    shown: list[list[dict]] = []
+    answering = threading.Event()
+
+    def talk() -> None:
+        for chat, *_ in handlers.send_text("Hi", ui, *controls()):
+            if isinstance(chat, list):
+                shown.append([dict(m) for m in chat])  # what Gradio sends at this step
+                if any("Hello" in str(m["content"]) for m in chat if m["role"] == "assistant"):
+                    answering.set()
+
+    worker = threading.Thread(target=talk)
+    worker.start()
+    assert answering.wait(10)
+    fresh, chat, *_ = handlers.clear(ui)
+    worker.join(20)
+    assert chat == [] and fresh.chat == []
+    assert shown[-1] == [], shown[-1]
+
+
 def test_hands_free_ends_the_turn_after_a_pause_and_answers(app, assets_dir):
     import soundfile as sf
 

@@ -532,7 +532,11 @@ def remote_loaders(
                 base_url or settings.server_url,
                 api_key if api_key is not None else (settings.api_key or ""),
             )
-            return cls(client, wait_s=wait_s)
+            try:
+                return cls(client, wait_s=wait_s)
+            except BaseException:
+                client.close()  # a failed adapter is dropped: do not leave its connections open
+                raise
 
         return load
 

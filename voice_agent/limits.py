@@ -132,8 +132,18 @@ async def pump(
     def work() -> None:
         try:
             while not gate.lock.acquire(timeout=POLL_S):
-                if token.cancelled or time.monotonic() > deadline:
-                    return  # the consumer answers (busy, or nobody is waiting any more)
+                if token.cancelled:
+                    return  # nobody is waiting any more
+                if time.monotonic() > deadline:
+                    # Say "busy" here too: when this check beats the consumer's own timer,
+                    # a bare end would read as an empty result (504, or an empty 200 stream).
+                    deliver(
+                        BusyError(
+                            f"the {gate.name} engine stayed busy for {timeout_s:g} s; retry later",
+                            retry_after_s=gate.retry_after_s(),
+                        )
+                    )
+                    return
             running.set()
             started = time.monotonic()
             try:

@@ -179,7 +179,9 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         max_new_tokens=limit,
         stop=body.stop,
         seed=body.seed,
-        token_field="max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+        token_field=(
+            "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        ),
     )
     completion_id, created = _completion_id(), int(time.time())
 
@@ -304,7 +306,9 @@ async def speech(request: Request, body: SpeechRequest) -> Response:
 
 
 @router.get("/audio/voices", summary="Voices of the loaded TTS; OpenAI names map to the default")
-async def voices(request: Request) -> JSONResponse:
+def voices(request: Request) -> JSONResponse:
+    # Plain `def`: with lazy loading `require` loads the TTS here, which must happen on a
+    # worker thread, not on the event loop every other request needs.
     state = server_state(request)
     check_available(state, "tts")
     engine = state.models.require("tts")

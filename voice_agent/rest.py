@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("llm", "stt", "tts")
 # Longest reply one request may ask for; engines also stop at their context length.
 MAX_NEW_TOKENS = 4096
+# Largest sampling seed (OpenAI's is an int64); torch.manual_seed overflows past 2**64 - 1.
+MAX_SEED = 2**63 - 1
 # OpenAI's voice names; clients written for OpenAI send them, we answer with our default voice.
 OPENAI_VOICES = (
     "alloy",
@@ -340,6 +342,8 @@ def sampling_from(
     from .llm.base import GenerationSettings
 
     check_max_tokens(max_new_tokens, token_field)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InputError(f"`seed` must be between 0 and {MAX_SEED}, got {seed}")
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if len(stops) > 4:
         raise InputError("`stop` takes at most 4 strings")

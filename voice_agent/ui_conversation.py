@@ -319,6 +319,9 @@ class Conversation:
         """Forget the conversation (a running turn is stopped first)."""
         if ui.cancel is not None:
             self.stop(ui)
+        # A turn still winding down sends this list in its last updates: empty it, or the
+        # old conversation comes back on screen right after Clear.
+        ui.chat.clear()
         fresh = self.new_session()
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
         return fresh

@@ -98,7 +98,9 @@ def main(argv: list[str]) -> int:
     from ..models import get_models
 
     print("loading models …", file=sys.stderr, flush=True)
-    models = get_models(progress=_progress(sys.stderr))
+    # Eager whatever MODEL_LOADING says: the chat needs every model before its first turn,
+    # and with lazy loading nothing would start the load that `wait()` waits for.
+    models = get_models(progress=_progress(sys.stderr), eager=True)
     models.wait()
     for component, reason in models.errors.items():
         print(f"warning: {component} unavailable: {reason}", file=sys.stderr)
