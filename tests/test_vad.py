@@ -179,3 +179,16 @@ def test_bad_config_and_chunks_are_refused():
     with pytest.raises(ValueError, match="shape"):
         detector.feed(np.zeros((2, 2, 2), dtype=np.float32), SAMPLE_RATE)
     assert detector.feed(np.zeros(0, dtype=np.float32), SAMPLE_RATE) == []
+
+
+def test_longest_turn_fits_the_transcription_limit(monkeypatch) -> None:
+    """Regression: a turn cut at max_turn_s (300 s) plus its 0.3 s pre-roll exceeded
+    MAX_AUDIO_SECONDS (300) and was refused as too long."""
+    from voice_agent.config import get_settings
+    from voice_agent.vad import TurnDetector
+
+    for limit in ("300", "30"):
+        monkeypatch.setenv("MAX_AUDIO_SECONDS", limit)
+        get_settings.cache_clear()
+        cfg = TurnDetector().config
+        assert cfg.max_turn_s + cfg.preroll_s < float(limit)

@@ -144,7 +144,13 @@ class TurnDetector:
         if config is None:
             from .config import get_settings
 
-            config = VADConfig(pause_s=get_settings().vad_pause_seconds)
+            settings = get_settings()
+            # A turn plus its pre-roll must stay under the transcription limit, or the
+            # longest hands-free turn would be refused as too long.
+            max_turn = settings.max_audio_seconds - VADConfig.preroll_s - 0.5
+            config = VADConfig(
+                pause_s=settings.vad_pause_seconds, max_turn_s=max(1.0, min(300.0, max_turn))
+            )
         if pause_s is not None:
             config = VADConfig(**{**config.__dict__, "pause_s": pause_s})
         self.config = config
