@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from voice_agent.errors import ModelLoadError
+from voice_agent.hub import ModelNotFoundError
 from voice_agent.loading import (
     GIB,
     LoadReport,
@@ -121,6 +122,7 @@ def test_corrupt_header_is_rejected(tmp_path: Path) -> None:
     ("exc", "words"),
     [
         (MemoryError(), "memory"),
+        (ModelNotFoundError("Model 'x/y' was not found locally"), "not on this machine"),
         (RuntimeError("size mismatch for lm_head.weight"), "do not match"),
         (ValueError("whatever"), "raised an error"),
     ],

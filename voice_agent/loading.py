@@ -125,6 +125,10 @@ def gib(n: int | float | None) -> str:
 
 def explain_error(exc: BaseException) -> str:
     """A one-line reason in plain words for a loading failure."""
+    from .hub import ModelNotFoundError
+
+    if isinstance(exc, ModelNotFoundError):
+        return "the model is not on this machine"
     text = f"{type(exc).__name__}: {exc}".lower()
     if "out of memory" in text or isinstance(exc, MemoryError):
         return "ran out of memory while loading"
