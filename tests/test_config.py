@@ -135,6 +135,9 @@ def test_machine_dependent_defaults() -> None:
     assert (
         configured_models(load_settings({"MODEL_SERVER_MODEL_NAME": "x/y"}), True)["llm"] == "x/y"
     )
+    # Regression: doctor/prefetch named the 7B under LLM_DEVICE=cpu while the engine loaded 1.5B.
+    on_cpu = configured_models(load_settings({"LLM_DEVICE": "cpu"}), True)
+    assert on_cpu["llm"] == "Qwen/Qwen2.5-1.5B-Instruct"
 
 
 def test_every_settings_field_has_a_documented_variable() -> None:

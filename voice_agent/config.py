@@ -36,6 +36,7 @@ DEFAULT_DIA2_SMALL = "nari-labs/Dia2-1B"
 DEFAULT_DIA = "nari-labs/Dia-1.6B-0626"
 DEFAULT_VITS = "facebook/mms-tts-eng"
 DEFAULT_MIMI = "kyutai/mimi"
+DEFAULT_TTS = {"dia2": DEFAULT_DIA2, "dia": DEFAULT_DIA, "vits": DEFAULT_VITS}
 
 
 class SettingsError(VoiceAgentError, ValueError):
@@ -399,7 +400,8 @@ def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str
     Shown by `doctor` and used by `prefetch`; the engines apply the same rules
     (and record the reason in their load reports).
     """
-    llm = settings.llm_model_name or (DEFAULT_LLM_CUDA if cuda_available else DEFAULT_LLM_CPU)
+    llm_cuda = cuda_available and settings.llm_device != "cpu"
+    llm = settings.llm_model_name or (DEFAULT_LLM_CUDA if llm_cuda else DEFAULT_LLM_CPU)
     whisper_cuda = settings.whisper_device == "cuda" or (
         settings.whisper_device == "auto" and cuda_available
     )
@@ -410,7 +412,7 @@ def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str
             settings.tts_device == "auto" and cuda_available
         )
         backend = "dia2" if tts_cuda else "vits"
-    default_tts = {"dia2": DEFAULT_DIA2, "dia": DEFAULT_DIA, "vits": DEFAULT_VITS}[backend]
+    default_tts = DEFAULT_TTS[backend]
     out = {
         "llm": llm,
         "stt": stt,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cancel import is_cancelled
-from ..config import DEFAULT_LLM_CPU, DEFAULT_LLM_CUDA, Settings, get_settings
+from ..config import DEFAULT_LLM_CPU, DEFAULT_LLM_CUDA, Settings, configured_models, get_settings
 from ..errors import BusyError
 from ..hardware import HardwareInfo, probe_hardware
 from ..hub import ModelNotFoundError, ensure_model_exists
@@ -67,7 +67,8 @@ def choose_model(
         return model_name, None
     if settings.llm_model_name:
         return settings.llm_model_name, None
-    if hardware.cuda_available and settings.llm_device != "cpu":
+    # The same rule `doctor` and `prefetch` use, so they name the model that loads here.
+    if configured_models(settings, hardware.cuda_available)["llm"] == DEFAULT_LLM_CUDA:
         return DEFAULT_LLM_CUDA, (
             f"MODEL_SERVER_MODEL_NAME is unset and a CUDA GPU is available: using {DEFAULT_LLM_CUDA} "
             "(7B in 4-bit needs about 5 GiB of GPU memory)."

@@ -32,6 +32,7 @@ from ..config import (
     DEFAULT_DIA,
     DEFAULT_DIA2,
     DEFAULT_DIA2_SMALL,
+    DEFAULT_TTS,
     DEFAULT_VITS,
     Settings,
     get_settings,
@@ -62,7 +63,6 @@ CPU_REASON = (
 DIA_CPU_REASON = (
     "Dia on a CPU is far slower than speech; the light backend (VITS) speaks in real time"
 )
-DEFAULT_MODELS = {"dia2": DEFAULT_DIA2, "dia": DEFAULT_DIA, "vits": DEFAULT_VITS}
 # Parameter counts of the published checkpoints, for planning before a download.
 KNOWN_PARAMS = {DEFAULT_DIA2: 1.9e9, DEFAULT_DIA2_SMALL: 1.08e9, DEFAULT_DIA: 1.6e9}
 MIMI_BYTES = int(0.4 * GIB)  # Mimi codec beside Dia2, float32
@@ -145,7 +145,7 @@ class Dia2TTS:
             )
         self.requested = requested
         model = model_name or self.settings.tts_model_name
-        self.report = LoadReport("tts", model_ref=model or DEFAULT_MODELS.get(requested))
+        self.report = LoadReport("tts", model_ref=model or DEFAULT_TTS.get(requested))
         self._loaded: dict[tuple[str, str, str, str], SpeechBackend] = {}
         strategies = self._plan(requested, model)
         self._backend: SpeechBackend = run_chain(self.report, strategies)
@@ -202,7 +202,7 @@ class Dia2TTS:
                 light = model
             plan.append(self._strategy("vits", light, "cpu", "float32"))
             return plan
-        ref = model or DEFAULT_MODELS[requested]
+        ref = model or DEFAULT_TTS[requested]
         if wants == "cuda" and not cuda_ok:
             plan.append(
                 self._strategy(
