@@ -3,7 +3,7 @@
 The entry point for `./launch.sh`, `python -m voice_agent app` and a Hugging
 Face Space. It starts loading the models in the background (the UI shows the
 progress), builds the UI, and serves it at `/` beside the REST routes of
-`voice_agent.server.create_app` (`/health`, `/generate`, `/v1/...`) on the
+`voice_agent.server.app.create_app` (`/health`, `/generate`, `/v1/...`) on the
 same port and the same loaded models.
 
     python app.py [--host HOST] [--port PORT] [--share]
@@ -12,6 +12,7 @@ same port and the same loaded models.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -23,9 +24,6 @@ log = logging.getLogger("voice_agent.app")
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
-# REST routes still served when the app listens beyond loopback without an API key:
-# read-only and free of secrets (the key is masked in the snapshot).
-OPEN_REST_PATHS = ("/health",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_host(arg: str | None, settings: Any, env: MutableMapping[str, str]) -> str:
     """--host, else GRADIO_SERVER_NAME, else 0.0.0.0 inside a Space, else the 127.0.0.1 default."""
-    from voice_agent.spaces_compat import in_space
+    from voice_agent.core.spaces import in_space
 
     if arg:
         return arg
@@ -66,20 +64,15 @@ class PathDispatcher:
     Args:
         rest: the FastAPI app from `create_app`.
         ui: the FastAPI app the Gradio Blocks are mounted on.
-        rest_open: serve every REST route; when False only `OPEN_REST_PATHS`.
     """
 
-    def __init__(self, rest: Any, ui: Any, *, rest_open: bool = True) -> None:
+    def __init__(self, rest: Any, ui: Any) -> None:
         self.rest = rest
         self.ui = ui
-        self.rest_open = rest_open
 
     def is_rest(self, scope: Scope) -> bool:
         from starlette.routing import Match
 
-        path = scope.get("path", "")
-        if not self.rest_open:
-            return path in OPEN_REST_PATHS
         probe = dict(scope)
         probe.setdefault("method", "GET")
         return any(route.matches(probe)[0] != Match.NONE for route in self.rest.router.routes)
@@ -87,17 +80,76 @@ class PathDispatcher:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and self.is_rest(scope):
             await self.rest(scope, receive, send)
+        elif scope["type"] == "http":
+            await self.ui(scope, receive, _routing_errors_in_our_shape(scope, send))
         else:
             await self.ui(scope, receive, send)
 
 
-def build_app(models: Any, settings: Any, blocks: Any, *, rest_open: bool = True) -> PathDispatcher:
-    """The ASGI app serving `blocks` at / and the REST API on the same `models`."""
+# The bodies of the UI app's own "no such route" answers (Starlette's defaults).
+_DEFAULT_ROUTING_ERRORS = {404: b'{"detail":"Not Found"}', 405: b'{"detail":"Method Not Allowed"}'}
+
+
+def _routing_errors_in_our_shape(scope: Scope, send: Any) -> Any:
+    """`send` for the UI app, with its bare 404 / 405 answered in the REST API's error shape.
+
+    Only the router's default answers are replaced (same status, our JSON body); Gradio's
+    own errors, with their own details, pass through untouched.
+    """
+    from voice_agent.server.admission import error_body
+    from voice_agent.server.plumbing import shown
+
+    held: dict[str, Any] | None = None
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        nonlocal held
+        if (
+            message["type"] == "http.response.start"
+            and message["status"] in _DEFAULT_ROUTING_ERRORS
+        ):
+            held = message
+            return
+        if held is None:
+            await send(message)
+            return
+        start, held = held, None
+        status = start["status"]
+        body = message.get("body", b"")
+        if message.get("more_body") or body != _DEFAULT_ROUTING_ERRORS[status]:
+            await send(start)
+            await send(message)
+            return
+        path = shown(scope.get("path", ""))
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() == b"allow"]
+        if status == 404:
+            text, code = f"no route {path}; see GET /docs for the API", "not_found"
+        else:
+            allowed = b", ".join(v for _, v in headers).decode("latin-1") or "none"
+            text = f"{scope.get('method')} is not allowed on {path}; allowed: {allowed}"
+            code = "method_not_allowed"
+        payload = json.dumps(error_body(text, code, status)).encode()
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    return wrapped
+
+
+def build_app(models: Any, settings: Any, blocks: Any) -> ASGIApp:
+    """The ASGI app serving `blocks` at / and the REST API on the same `models`.
+
+    Every door answers to one credentials rule (`voice_agent.server.access`),
+    checked before the request is routed to the UI or the API.
+    """
     import gradio as gr
     from fastapi import FastAPI
 
-    from voice_agent import ui_style
-    from voice_agent.server import create_app
+    from voice_agent.server.access import AccessMiddleware, AccessRule
+    from voice_agent.server.app import create_app
+    from voice_agent.ui import style as ui_style
 
     ui_app = gr.mount_gradio_app(
         FastAPI(docs_url=None, redoc_url=None, openapi_url=None),
@@ -108,9 +160,19 @@ def build_app(models: Any, settings: Any, blocks: Any, *, rest_open: bool = True
         max_file_size=settings.max_upload_bytes,
         footer_links=["api", "settings"],
         run_history=False,
-        show_error=True,
+        # Our handlers report problems themselves (chat notes, gr.Warning); anything else
+        # that fails, Gradio's own refusals included, must not echo paths or internals.
+        show_error=False,
     )
-    return PathDispatcher(create_app(models, settings), ui_app, rest_open=rest_open)
+    # Gradio checks that a file-typed input names a file in its upload cache only once
+    # `blocks.has_launched` is set, which `Blocks.launch()` does and `mount_gradio_app`
+    # does not (gradio/processing_utils.py `_check_allowed` returns early). Without it a
+    # client can hand the app any path on the server (`{"path": "/etc/passwd"}`), which
+    # Gradio then copies into its cache and serves back. The handlers check it again
+    # (`voice_agent.ui.uploads`).
+    blocks.has_launched = True
+    dispatcher = PathDispatcher(create_app(models, settings), ui_app)
+    return AccessMiddleware(dispatcher, AccessRule.from_settings(settings))
 
 
 def _open_share_link(host: str, port: int) -> None:
@@ -133,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     """Start the app; returns the exit code (2 for bad settings or arguments)."""
     args = parse_args(argv)
     from voice_agent.__main__ import configure_logging
-    from voice_agent.config import SettingsError, apply_process_defaults, get_settings, is_loopback
+    from voice_agent.core.config import (
+        SettingsError,
+        apply_process_defaults,
+        get_settings,
+    )
 
     configure_logging()
     apply_process_defaults()
@@ -145,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from voice_agent.agent import get_agent
-    from voice_agent.models import get_models
-    from voice_agent.spaces_compat import in_space
-    from voice_agent.ui import build_ui
+    from voice_agent.core.spaces import in_space
+    from voice_agent.pipeline.agent import get_agent
+    from voice_agent.pipeline.models import get_models
+    from voice_agent.server.access import AccessRule, exposure_banner, exposure_problem
+    from voice_agent.server.connection import uvicorn_config
+    from voice_agent.ui.blocks import build_ui
 
     host = resolve_host(args.host, settings, os.environ)
     port = args.port if args.port is not None else settings.gradio_port
@@ -156,26 +224,27 @@ def main(argv: list[str] | None = None) -> int:
     if share and in_space():
         log.warning("--share is ignored inside a Hugging Face Space (the Space is the link)")
         share = False
-    exposed = share or not is_loopback(host)
-    rest_open = not exposed or bool(settings.api_key)
-    if not rest_open:
-        log.warning(
-            "the app is reachable beyond this machine (%s) and MODEL_SERVER_API_KEY is unset: "
-            "the REST API serves only %s; set the key to open the rest of it",
-            "share link" if share else host,
-            ", ".join(OPEN_REST_PATHS),
-        )
+    rule = AccessRule.from_settings(settings)
+    space = in_space()
+    problem = exposure_problem(host, share=share, rule=rule, space=space)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     # Loading runs on a thread so the page opens at once and shows the progress.
     models = get_models(settings, background=True)
     agent = get_agent()
     blocks = build_ui(lambda: agent, models)
-    app = build_app(models, settings, blocks, rest_open=rest_open)
+    app = build_app(models, settings, blocks)
 
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+    # The guarded HTTP protocol: request headers get MODEL_SERVER_HEADER_TIMEOUT_S.
+    config = uvicorn_config(
+        app, settings, host=host, port=port, log_config=None, timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"* Voice Agent on http://{shown}:{port} (REST API at /health, /v1)", flush=True)
+    print(f"* Access: {exposure_banner(host, share=share, rule=rule, space=space)}", flush=True)
     if share:
 
         def share_when_up() -> None:

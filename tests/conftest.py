@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from voice_agent.config import get_settings
-from voice_agent.testing.paths import REPO_ROOT, shared_fixtures_dir
+from voice_agent.core.config import VARIABLES, get_settings
+from voice_agent.testing.paths import REPO_ROOT, dia2_fixture_dir
 
 # No test may reach the network: offline before anything imports huggingface_hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -31,16 +31,27 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    path = shared_fixtures_dir()
-    if not path.is_dir():
-        pytest.fail(f"shared fixtures not found at {path} (set VOICE_AGENT_SHARED_FIXTURES)")
+def dia2_fixture() -> Path:
+    """The Dia2 parity fixture, `tests/fixtures/dia2-tiny` (see its README)."""
+    path = dia2_fixture_dir()
+    if not (path / "cases.json").is_file():
+        pytest.fail(f"the Dia2 parity fixture is missing from {path} (an incomplete checkout)")
     return path
 
 
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
     return REPO_ROOT / "assets"
+
+
+# Variables of `VARIABLES` the tests set themselves (above at import, or in `_isolated_env`).
+_SET_FOR_TESTS = {
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "LOCAL_MODELS_DIR",
+    "TOKENIZERS_PARALLELISM",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -52,16 +63,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("LOCAL_MODELS_DIR", str(home / "local-models"))
     monkeypatch.delenv("TRANSFORMERS_CACHE", raising=False)
-    for name in (
-        "MODEL_SERVER_MODEL_NAME",
-        "STT_MODEL_NAME",
-        "TTS_MODEL_NAME",
-        "TTS_BACKEND",
-        "MODEL_SERVER_API_KEY",
-        "MODEL_SERVER_HOST",
-        "MODEL_SERVER_PORT",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    # Every other variable the settings read starts unset: the shell's MODEL_LOADING,
+    # STT_LANGUAGE, ... must not change what a test sees.
+    for variable in VARIABLES:
+        if variable.name not in _SET_FOR_TESTS:
+            monkeypatch.delenv(variable.name, raising=False)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
@@ -92,11 +98,26 @@ def keyed_fakes():
 @pytest.fixture(scope="module")
 def keyed_server(keyed_fakes):
     """A live REST server (`voice_agent.testing.server.LiveServer`) on `keyed_fakes`."""
-    from voice_agent.server import create_app
+    from voice_agent.server.app import create_app
     from voice_agent.testing.server import LiveServer
 
     with LiveServer(create_app(keyed_fakes)) as live:
         yield live
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A live REST server on the real engines and tiny checkpoints, loaded once per module."""
+    from voice_agent.core.config import load_settings
+    from voice_agent.pipeline.models import LoadedModels
+    from voice_agent.server.app import create_app
+    from voice_agent.testing.server import LiveServer, tiny_model_env
+
+    settings = load_settings(tiny_model_env(tiny_models, tmp_path_factory.mktemp("home")))
+    models = LoadedModels(settings).load_all()
+    assert models.ready(), models.errors
+    with LiveServer(create_app(models)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Helpers for the Dia2 runtime tests: the shared parity fixture and its cases."""
+"""Helpers for the Dia2 runtime tests: the parity fixture (tests/fixtures/dia2-tiny) and its cases."""
 
 from __future__ import annotations
 

@@ -14,12 +14,19 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from voice_agent.cancel import is_cancelled
-from voice_agent.errors import InputError
-from voice_agent.llm.base import ChatMessage, GenerationSettings, Reply, ReplyStream
-from voice_agent.loading import Attempt, LoadReport
-from voice_agent.stt.base import AudioInput, Transcript
-from voice_agent.tts.base import AudioChunk, Voice
+from voice_agent.core.cancel import is_cancelled
+from voice_agent.core.errors import InputError
+from voice_agent.core.loading import Attempt, LoadReport
+from voice_agent.llm.base import (
+    ChatMessage,
+    GenerationSettings,
+    LLMCapabilities,
+    Reply,
+    ReplyStream,
+)
+from voice_agent.stt.base import AudioInput, STTCapabilities, Transcript
+from voice_agent.tts.base import AudioChunk, TTSCapabilities, Voice
+from voice_agent.tts.text.chunking import Phrasing
 
 REPLY = "Hello there. It is sunny today. Have a lovely afternoon."
 
@@ -44,6 +51,7 @@ class FakeLLM:
 
     model_id = "fake-llm"
     context_length = 4096
+    capabilities = LLMCapabilities(streaming=True, cancel=True)
 
     def __init__(
         self,
@@ -138,6 +146,7 @@ class FakeSTT:
 
     model_id = "fake-stt"
     sample_rate = 16_000
+    capabilities = STTCapabilities(languages=("en",), timestamps=False)
 
     def __init__(self, text: str = "What is the weather like?") -> None:
         self.text = text
@@ -171,6 +180,8 @@ class FakeTTS:
     backend = "fake"
     model_id = "fake-tts"
     sample_rate = 16_000
+    # A sentence at a time, one chunk per sentence, like VITS.
+    capabilities = TTSCapabilities(sample_rate=16_000)
 
     def __init__(
         self, *, audio_seen: threading.Event | None = None, fail_after: int | None = None
@@ -180,6 +191,7 @@ class FakeTTS:
         self.report = _report("tts", self.model_id)
         self.spoken: list[str] = []
         self.voices_used: list[str | None] = []
+        self.phrasings: list[Phrasing | None] = []
         self.cancelled = False
 
     def _chunk(self, text: str) -> AudioChunk:
@@ -191,9 +203,15 @@ class FakeTTS:
         return self.sample_rate, self._chunk(text).samples
 
     def stream(
-        self, text: str | Iterable[str], voice: str | None = None, cancel: object | None = None
+        self,
+        text: str | Iterable[str],
+        voice: str | None = None,
+        cancel: object | None = None,
+        *,
+        phrasing: Phrasing | None = None,
     ) -> Iterator[AudioChunk]:
         self.voices_used.append(voice)
+        self.phrasings.append(phrasing)
         pieces = [text] if isinstance(text, str) else text
         buffer = ""
         produced = 0
@@ -235,8 +253,8 @@ def fake_models(
     missing: tuple[str, ...] = (),
 ):
     """A ready `LoadedModels` holding fakes (components in `missing` failed to load)."""
-    from voice_agent.config import get_settings
-    from voice_agent.models import LoadedModels
+    from voice_agent.core.config import get_settings
+    from voice_agent.pipeline.models import LoadedModels
 
     engines = {"llm": llm or FakeLLM(), "stt": stt or FakeSTT(), "tts": tts or FakeTTS()}
 

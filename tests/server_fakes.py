@@ -1,5 +1,7 @@
-"""Fakes for the REST tests: engines that implement the stage Protocols, a `LoadedModels`
-stand-in and `settings_with` (the live server is `voice_agent.testing.server.LiveServer`).
+"""Fakes and helpers for the REST tests: engines that implement the stage Protocols, a
+`LoadedModels` stand-in, `settings_with`, and the checks the REST test modules share
+(`assert_error`, `sse_events`, `tone_wav`, `wait_for`). The live server is
+`voice_agent.testing.server.LiveServer`.
 
 The fakes are slow on purpose when asked (`delay_s`) so tests can fill queues and
 disconnect mid-stream; they record what they saw (cancellations, concurrency).
@@ -7,20 +9,31 @@ disconnect mid-stream; they record what they saw (cancellations, concurrency).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 
-from voice_agent.cancel import is_cancelled
-from voice_agent.config import Settings, load_settings
-from voice_agent.errors import InputError, ModelUnavailableError
-from voice_agent.llm.base import ChatMessage, GenerationSettings, Reply, ReplyStream
-from voice_agent.loading import Attempt, LoadReport
-from voice_agent.stt.base import Transcript
-from voice_agent.tts.base import AudioChunk, Voice
+from voice_agent.audio.io import encode_wav
+from voice_agent.core.cancel import is_cancelled
+from voice_agent.core.config import Settings, load_settings
+from voice_agent.core.errors import InputError, ModelUnavailableError
+from voice_agent.core.loading import Attempt, LoadReport
+from voice_agent.llm.base import (
+    ChatMessage,
+    GenerationSettings,
+    LLMCapabilities,
+    Reply,
+    ReplyStream,
+)
+from voice_agent.pipeline.admission import engine_gates
+from voice_agent.stt.base import STTCapabilities, Transcript
+from voice_agent.tts.base import AudioChunk, TTSCapabilities, Voice
+from voice_agent.tts.text.chunking import Phrasing
 
 # The API key of the `keyed_fakes` / `keyed_server` fixtures (tests/conftest.py).
 API_KEY = "test-key-0123456789abcdef"
@@ -58,6 +71,7 @@ class FakeLLM(_Activity):
 
     model_id = "fake-llm"
     context_length = 512
+    capabilities = LLMCapabilities(streaming=True, cancel=True)
 
     def __init__(self, delay_s: float = 0.0, words: int | None = None) -> None:
         super().__init__()
@@ -131,6 +145,7 @@ class FakeSTT(_Activity):
 
     model_id = "fake-whisper"
     sample_rate = 16_000
+    capabilities = STTCapabilities(languages=("en",), timestamps=False)
 
     def __init__(self, delay_s: float = 0.0) -> None:
         super().__init__()
@@ -155,6 +170,7 @@ class FakeTTS(_Activity):
     backend = "fake"
     model_id = "fake-tts"
     sample_rate = 16_000
+    capabilities = TTSCapabilities(sample_rate=16_000, streaming_audio_out=True, voices=True)
 
     def __init__(self, delay_s: float = 0.0, chunks: int = 3) -> None:
         super().__init__()
@@ -175,7 +191,12 @@ class FakeTTS(_Activity):
         return self.sample_rate, np.concatenate([c.samples for c in chunks])
 
     def stream(
-        self, text: str | Iterable[str], voice: str | None = None, cancel: object | None = None
+        self,
+        text: str | Iterable[str],
+        voice: str | None = None,
+        cancel: object | None = None,
+        *,
+        phrasing: Phrasing | None = None,
     ) -> Iterator[AudioChunk]:
         if voice not in (None, "default", "narrator"):
             raise InputError(f"unknown voice {voice!r}")
@@ -196,7 +217,7 @@ class FakeTTS(_Activity):
 
 
 class FakeModels:
-    """Stand-in for `voice_agent.models.LoadedModels` with the same attributes."""
+    """Stand-in for `voice_agent.pipeline.models.LoadedModels` with the same attributes."""
 
     def __init__(
         self,
@@ -214,6 +235,7 @@ class FakeModels:
         self.reports = {c: getattr(self, c).report for c in ("llm", "stt", "tts")}
         self.status = status or {"llm": "ready", "stt": "ready", "tts": "ready"}
         self.errors = errors or {}
+        self.gates = engine_gates(self.settings.server_queue_size)
 
     def require(self, component: str) -> Any:
         if self.status.get(component) != "ready":
@@ -232,3 +254,44 @@ class FakeModels:
 def settings_with(**env: str) -> Settings:
     """Settings from defaults plus the given variables (e.g. MODEL_SERVER_QUEUE_SIZE="4")."""
     return load_settings(env)
+
+
+# --- checks shared by the REST test modules -------------------------------------------------------
+
+
+def tone_wav(seconds: float = 1.0, rate: int = 16_000) -> bytes:
+    """A 300 Hz tone as a 16-bit WAV file."""
+    t = np.arange(int(seconds * rate)) / rate
+    return encode_wav(rate, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> dict:
+    """The response is OpenAI's error JSON with `status` and a message naming `words`."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    error = body["error"]
+    assert set(error) >= {"message", "type", "code"}
+    assert "Traceback" not in response.text
+    for word in words:
+        assert word.lower() in error["message"].lower(), error["message"]
+    return error
+
+
+def sse_events(response: httpx.Response) -> list:
+    """The `data:` payloads of a server-sent event stream (JSON, or the bare [DONE])."""
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fakes import REPLY, FakeLLM, FakeSTT, FakeTTS, fake_models
 
-from voice_agent.agent import INTERRUPTED_SUFFIX, RECENT_TURNS, Agent, TurnEvent
-from voice_agent.cancel import CancelToken
+from voice_agent.core.cancel import CancelToken
+from voice_agent.pipeline.agent import INTERRUPTED_SUFFIX, RECENT_TURNS, Agent, TurnEvent
 
 
 @pytest.fixture
@@ -186,17 +186,27 @@ def test_second_turn_on_a_busy_session_is_refused_not_interleaved():
     assert kinds(second) == ["error"] and second[0].code == "busy"
     assert "still answering" in second[0].text
 
-    # Another session is not blocked by this one.
+    # Another session is not refused: it queues for the LLM (one admission gate per
+    # engine, shared with the REST API) and runs once the first turn lets go of it.
     other = agent.new_session()
-    agent.models.llm.wait_for_cancel = False
-    assert kinds(run(agent, other, text="elsewhere"))[-1] == "done"
-    agent.models.llm.wait_for_cancel = True
+    later: list[TurnEvent] = []
+    queued = threading.Thread(target=lambda: later.extend(agent.run_turn(other, text="elsewhere")))
+    queued.start()
+    gate = agent.models.gates["llm"]
+    deadline = time.monotonic() + 3
+    while gate.admitted < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gate.admitted == 2  # the first turn's reply running, the other one waiting
+    llm.wait_for_cancel = False
 
     agent.cancel(session)
     worker.join(5)
+    queued.join(5)
     assert first[-1].kind == "done"
     assert [m["role"] for m in session.history] == ["user", "assistant"]
     assert session.history[0]["content"] == "one"
+    assert kinds(later)[-1] == "done" and later[-1].text == REPLY
+    assert gate.admitted == 0
 
 
 def test_new_turn_supersedes_an_abandoned_cancelled_turn():
@@ -371,23 +381,19 @@ def test_self_test_with_a_missing_model_reports_it_and_runs_the_rest():
     assert not results["pipeline"].ok
 
 
-def test_speech_pieces_start_the_first_phrase_early_and_cut_run_ons():
-    from voice_agent.agent import speech_pieces
+def test_speak_stage_asks_sentence_engines_for_an_early_first_phrase():
+    """The agent's phrasing reaches the engine; an engine that phrases text itself
+    (`capabilities.streaming_text_in`) is left to do so."""
+    from voice_agent.pipeline.speak import phrasing_for
+    from voice_agent.tts.base import TTSCapabilities
+    from voice_agent.tts.text.chunking import Phrasing
 
-    words = "Well I think that the weather will be fine today. And then it rains all day".split()
-    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
-    out = "".join(speech_pieces(iter(pieces), first_phrase_words=4, max_words=6))
-    # The first phrase goes after 4 words; later text waits for the sentence end.
-    assert out == "Well I think that\n the weather will be fine today. And then it rains all day"
-    # A run-on is cut every `max_words` words.
-    out = "".join(speech_pieces(iter(pieces[10:]), max_words=3))
-    assert out == " And then it\n rains all day"
-    clause = "".join(
-        speech_pieces(iter(["Sure", ",", " I", " can", ",", " yes"]), first_phrase_words=8)
-    )
-    assert clause == "Sure, I can,\n yes"
-    # Off: the text passes unchanged.
-    assert "".join(speech_pieces(iter(pieces))) == "".join(pieces)
+    tts = FakeTTS()
+    agent = Agent(fake_models(tts=tts), first_phrase_words=5, max_unspoken_words=20)
+    run(agent, agent.new_session(), text="hi")
+    assert tts.phrasings == [Phrasing("sentence", max_words=20, first_phrase_words=5)]
+    streaming = TTSCapabilities(sample_rate=24_000, streaming_text_in=True)
+    assert phrasing_for(streaming, first_phrase_words=5, max_words=20) is None
 
 
 def test_llm_failure_stops_speech_without_cancelling_the_callers_token():

@@ -11,9 +11,10 @@ import wave
 
 import pytest
 
-from voice_agent.agent import INTERRUPTED_SUFFIX, Agent
-from voice_agent.config import get_settings, load_settings
-from voice_agent.models import LoadedModels, reset_models
+from tests.token_probe import count_generated_tokens
+from voice_agent.core.config import get_settings, load_settings
+from voice_agent.pipeline.agent import INTERRUPTED_SUFFIX, Agent
+from voice_agent.pipeline.models import LoadedModels, reset_models
 
 
 def tiny_settings(tiny_models, **extra: str):
@@ -72,8 +73,21 @@ def test_spoken_turn_end_to_end(real_models, hello):
     assert agent.recent_timings()["count"] == 1
 
 
-def test_barge_in_cancels_llm_and_tts(real_models):
+def test_barge_in_cancels_llm_and_tts(real_models, monkeypatch):
+    """Guards barge-in leaving the LLM generating (the engine's cancel check, its
+    StoppingCriteria, never firing): the turn stops relaying at once either way, so the
+    tokens the engine really generated are counted against the same turn uncancelled."""
+    generated = count_generated_tokens(monkeypatch)
     agent = Agent(real_models, first_phrase_words=1)
+    # The same turn read to the end: what the engine writes when nobody stops it.
+    whole = list(
+        agent.run_turn(
+            agent.new_session(max_new_tokens=200, temperature=0.0), text="Tell me a long story."
+        )
+    )
+    assert whole[-1].kind == "done" and not whole[-1].interrupted
+    uncancelled = generated[0]
+    assert uncancelled >= 100, generated  # a reply this short would prove nothing below
     session = agent.new_session(max_new_tokens=200, temperature=0.0)
     events = []
     cancelled_at = None
@@ -95,6 +109,10 @@ def test_barge_in_cancels_llm_and_tts(real_models):
     after = list(agent.run_turn(session, text="Go on."))
     assert after[-1].kind == "done" and not after[-1].interrupted
     assert len(session.history) == 4
+    # That turn waited for the engine, so the cancelled generation has ended: it stopped
+    # soon after the barge-in instead of writing on to max_new_tokens for nobody.
+    assert len(generated) == 3, generated
+    assert generated[1] < uncancelled / 2, generated
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voice_agent.audio import (
+from voice_agent.audio.gate import (
+    SPEECH_MAX_FLATNESS,
+    SPEECH_MAX_ZCR,
+    FrameFeatures,
+    frame_features,
+    is_speech,
+)
+from voice_agent.audio.io import (
     SAMPLE_RATE,
     AudioTooLongError,
     AudioTooShortError,
@@ -26,8 +33,7 @@ from voice_agent.audio import (
     sniff_format,
     to_pcm16_bytes,
 )
-from voice_agent.errors import InputError, InputTooLargeError
-from voice_agent.speech_gate import frame_features, is_speech
+from voice_agent.core.errors import InputError, InputTooLargeError
 
 RNG = np.random.default_rng(1234)
 
@@ -399,6 +405,68 @@ def test_silence_and_noise_fail_the_gate(assets_dir):
     assert not is_speech(sine(50, SAMPLE_RATE, 3.0), SAMPLE_RATE)  # mains hum
     clicks = np.where(np.arange(48_000) % 8_000 < 40, 0.8, 0.0).astype(np.float32)
     assert not is_speech(clicks, SAMPLE_RATE)
+
+
+def bursts(make, on_s: float = 0.3, off_s: float = 0.3, count: int = 5) -> np.ndarray:
+    """`count` bursts of `make(samples)` with silence between, like syllables: each burst
+    is loud, far above the clip's floor and long enough, so only the spectral checks are
+    left to tell it from speech."""
+    on, off = int(SAMPLE_RATE * on_s), int(SAMPLE_RATE * off_s)
+    silence = np.zeros(off, np.float32)
+    return np.concatenate([part for _ in range(count) for part in (make(on), silence)])
+
+
+def band_noise(n: int, low: float, high: float, rms: float, seed: int = 7) -> np.ndarray:
+    """Gaussian noise with a flat spectrum between `low` and `high` Hz, at level `rms`
+    (its own seed: the same noise whichever tests ran before)."""
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    spectrum[(freqs < low) | (freqs > high)] = 0
+    noise = np.fft.irfft(spectrum, n)
+    return (noise * rms / np.sqrt(np.mean(noise**2))).astype(np.float32)
+
+
+def assert_only_spectrum_rejects(clip: np.ndarray) -> FrameFeatures:
+    """The bursts pass the level, floor and duration checks, so a rejection is spectral."""
+    features = frame_features(clip, SAMPLE_RATE)
+    bursting = features.band_dbfs > max(-40.0, features.noise_floor_dbfs + 30)
+    assert bursting.sum() >= 40, bursting.sum()  # 5 x 10 frames of 30 ms
+    return features
+
+
+def test_noise_bursts_at_speech_level_fail_on_flatness(hello, assets_dir):
+    """Guards the spectral-flatness check: without it, noise that comes and goes at speech
+    level (a rustle, a fan switching, breath on the mic) passes as speech. The noise is
+    kept to the speech band, so its zero-crossing rate looks like speech too."""
+    rms = float(np.sqrt(np.mean(hello**2)))  # the level of the real recording
+    clip = bursts(lambda n: band_noise(n, 100, 4_000, rms))
+    features = assert_only_spectrum_rejects(clip)
+    loud = features.band_dbfs > features.noise_floor_dbfs + 30
+    assert np.all(features.zcr[loud] < SPEECH_MAX_ZCR)  # zero crossings cannot reject it
+    assert np.all(features.flatness[loud] > SPEECH_MAX_FLATNESS)
+    assert not is_speech(clip, SAMPLE_RATE)
+    assert is_speech(hello, SAMPLE_RATE)
+    assert is_speech(load_audio(assets_dir / "speech_pause_speech.wav"), SAMPLE_RATE)
+
+
+def test_hum_under_a_hiss_fails_on_zero_crossings(hello, assets_dir):
+    """Guards the zero-crossing check: without it, a tonal hum under a loud high-frequency
+    hiss (5-8 kHz, above the band the flatness is measured in) passes as speech, in bursts
+    as from a hissing tap or a shaver switched on and off."""
+
+    def hum_under_hiss(n: int) -> np.ndarray:
+        t = np.arange(n) / SAMPLE_RATE
+        hum = 0.05 * np.sin(2 * np.pi * 200 * t)
+        return (hum + band_noise(n, 5_000, 8_000, 0.1)).astype(np.float32)
+
+    clip = bursts(hum_under_hiss)
+    features = assert_only_spectrum_rejects(clip)
+    loud = features.band_dbfs > features.noise_floor_dbfs + 30
+    assert np.all(features.flatness[loud] < SPEECH_MAX_FLATNESS)  # flatness cannot reject it
+    assert np.all(features.zcr[loud] > SPEECH_MAX_ZCR)
+    assert not is_speech(clip, SAMPLE_RATE)
+    assert is_speech(hello, SAMPLE_RATE)
+    assert is_speech(load_audio(assets_dir / "speech_pause_speech.wav"), SAMPLE_RATE)
 
 
 def test_frame_features_shapes_and_values(hello):

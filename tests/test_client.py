@@ -13,24 +13,21 @@ import pytest
 import soundfile as sf
 
 from tests.server_fakes import API_KEY, FakeLLM, FakeModels, FakeTTS, settings_with
-from voice_agent.cancel import CancelToken
-from voice_agent.client import (
+from voice_agent.client.http import (
     AuthError,
     ClientInputError,
-    RemoteLLM,
     RemoteModelUnavailableError,
-    RemoteSTT,
-    RemoteTTS,
     ServerBusyError,
     ServerTimeoutError,
     ServerUnreachableError,
     VoiceAgentClient,
     read_wav,
-    remote_loaders,
 )
-from voice_agent.errors import BusyError, InputError, ModelLoadError, ModelUnavailableError
+from voice_agent.client.remote import RemoteLLM, RemoteSTT, RemoteTTS, remote_loaders
+from voice_agent.core.cancel import CancelToken
+from voice_agent.core.errors import BusyError, InputError, ModelLoadError, ModelUnavailableError
 from voice_agent.llm.base import GenerationSettings, Reply
-from voice_agent.server import create_app
+from voice_agent.server.app import create_app
 from voice_agent.testing.server import LiveServer, free_port
 
 
@@ -148,7 +145,7 @@ def test_busy_and_unavailable_and_timeout() -> None:
 def test_settings_give_the_defaults(
     monkeypatch: pytest.MonkeyPatch, keyed_server: LiveServer
 ) -> None:
-    from voice_agent.config import get_settings
+    from voice_agent.core.config import get_settings
 
     monkeypatch.setenv("MODEL_SERVER_URL", keyed_server.url + "/")
     monkeypatch.setenv("MODEL_SERVER_API_KEY", API_KEY)
@@ -230,7 +227,7 @@ def test_remote_adapters_refuse_a_failed_model() -> None:
 
 
 def test_remote_adapters_plug_into_the_cached_loader(keyed_server: LiveServer) -> None:
-    from voice_agent.models import LoadedModels
+    from voice_agent.pipeline.models import LoadedModels
 
     settings = settings_with(MODEL_SERVER_URL=keyed_server.url, MODEL_SERVER_API_KEY=API_KEY)
     models = LoadedModels(settings, loaders=remote_loaders(), warmup=False).load_all()
@@ -241,7 +238,7 @@ def test_remote_adapters_plug_into_the_cached_loader(keyed_server: LiveServer) -
 
 
 def test_remote_loaders_record_an_unreachable_server() -> None:
-    from voice_agent.models import LoadedModels
+    from voice_agent.pipeline.models import LoadedModels
 
     url = f"http://127.0.0.1:{free_port()}"
     models = LoadedModels(settings_with(), loaders=remote_loaders(url, wait_s=0), warmup=False)
@@ -253,8 +250,8 @@ def test_remote_loaders_record_an_unreachable_server() -> None:
 def test_a_failed_remote_load_closes_its_client(monkeypatch) -> None:
     """Regression: a remote loader whose server model had failed (or was unreachable)
     dropped its `VoiceAgentClient` without closing it, leaking its open connections."""
-    from voice_agent import client as client_mod
-    from voice_agent.models import LoadedModels
+    from voice_agent.client import http as client_mod
+    from voice_agent.pipeline.models import LoadedModels
 
     closed: list[VoiceAgentClient] = []
     real_close = VoiceAgentClient.close

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from voice_agent.config import (
+from voice_agent.core.config import (
     VARIABLES,
     Settings,
     SettingsError,
@@ -86,9 +86,9 @@ def test_process_defaults_do_not_override_user_values() -> None:
 
 
 def test_transformers_cache_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    from voice_agent import hub
+    from voice_agent.core import config
 
-    hub._warned_transformers_cache = False
+    config._warned_transformers_cache = False
     with pytest.warns(FutureWarning, match="HF_HOME"):
         apply_process_defaults({"TRANSFORMERS_CACHE": "/old/cache"})
     apply_process_defaults({"TRANSFORMERS_CACHE": "/old/cache"})  # second time: silent

@@ -10,7 +10,7 @@ import pytest
 from dia2_helpers import case_config, cases, fixture_dir, runtime
 from safetensors.torch import load_file, save_file
 
-from voice_agent.errors import InputError, ModelLoadError
+from voice_agent.core.errors import InputError, ModelLoadError
 from voice_agent.tts.dia2 import (
     CheckpointMismatchError,
     ContextOverflowError,

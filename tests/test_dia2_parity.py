@@ -1,11 +1,14 @@
-"""Parity of our Dia2 runtime with the official one on the shared tiny fixture.
+"""Parity of our Dia2 runtime with the official one on the tiny fixture.
 
-The fixture holds what nari-labs/dia2 @ 8687268 produced (float32, CPU, greedy)
-for six scripts. Every token, step count, timestamp and the crop must match
-exactly; the waveform within 1e-4.
+The fixture (tests/fixtures/dia2-tiny, see its README) holds what nari-labs/dia2
+@ 8687268 produced (float32, CPU, greedy) for six scripts. Every token, step count,
+timestamp and the crop must match exactly; the waveform within 1e-4.
 """
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,22 @@ from dia2_helpers import case_config, cases, expected, fixture_dir, runtime
 
 pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_torch_thread")]
 CASES = ["c1_hello", "c2_dialogue", "c3_break", "c4_long_nocfg", "c5_prefix", "c6_context_cap"]
+
+
+def test_fixture_matches_its_manifest(dia2_fixture: Path) -> None:
+    """Every data file is in the repository, byte for byte as the reference run left it."""
+    listed = {}
+    for line in (dia2_fixture / "MANIFEST.sha256").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name] = digest
+    on_disk = {
+        str(p.relative_to(dia2_fixture))
+        for p in dia2_fixture.rglob("*")
+        if p.is_file() and p.name not in ("README.md", "MANIFEST.sha256")
+    }
+    assert on_disk == set(listed)
+    for name, digest in listed.items():
+        assert hashlib.sha256((dia2_fixture / name).read_bytes()).hexdigest() == digest, name
 
 
 @pytest.mark.parametrize("name", CASES)

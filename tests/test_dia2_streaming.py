@@ -10,7 +10,7 @@ import pytest
 import torch
 from dia2_helpers import case_config, cases, fixture_dir, runtime
 
-from voice_agent.cancel import CancelToken
+from voice_agent.core.cancel import CancelToken
 from voice_agent.tts.dia2 import TextFeed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

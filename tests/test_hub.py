@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from voice_agent.config import get_settings, load_settings
-from voice_agent.hub import ModelNotFoundError, ensure_model_exists
+from voice_agent.core.config import get_settings, load_settings
+from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
 from voice_agent.testing.paths import REPO_ROOT
 
 
@@ -109,7 +109,7 @@ def refuse(*a, **k):
 socket.socket.connect = refuse
 socket.create_connection = refuse
 t0 = time.perf_counter()
-from voice_agent.hub import ensure_model_exists, ModelNotFoundError
+from voice_agent.core.hub import ensure_model_exists, ModelNotFoundError
 try:
     ensure_model_exists("Qwen/Qwen2.5-7B-Instruct")
 except ModelNotFoundError as exc:

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from voice_agent.cancel import CancelToken
-from voice_agent.config import load_settings
-from voice_agent.errors import BusyError, InputError, InputTooLargeError
+from voice_agent.core.cancel import CancelToken
+from voice_agent.core.config import load_settings
+from voice_agent.core.errors import BusyError, InputError, InputTooLargeError
 from voice_agent.llm import errors
 from voice_agent.llm.base import GenerationSettings
 from voice_agent.llm.engine import DEFAULT_SYSTEM_PROMPT, OpenSourceLLM

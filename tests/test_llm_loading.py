@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from voice_agent.config import DEFAULT_LLM_CPU, DEFAULT_LLM_CUDA, load_settings
-from voice_agent.errors import ModelLoadError
-from voice_agent.hardware import GPUInfo, HardwareInfo, probe_hardware
-from voice_agent.hub import ModelNotFoundError
+from voice_agent.core.config import DEFAULT_LLM_CPU, DEFAULT_LLM_CUDA, load_settings
+from voice_agent.core.errors import ModelLoadError
+from voice_agent.core.hardware import GPUInfo, HardwareInfo, probe_hardware
+from voice_agent.core.hub import ModelNotFoundError
+from voice_agent.core.loading import estimate_bytes
 from voice_agent.llm.base import GenerationSettings
 from voice_agent.llm.engine import OpenSourceLLM, choose_model
 from voice_agent.llm.strategies import from_pretrained_kwargs, plan_chain
-from voice_agent.loading import estimate_bytes
 from voice_agent.testing import tiny_llm
 from voice_agent.testing.paths import REPO_ROOT
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from voice_agent.errors import ModelLoadError
-from voice_agent.hub import ModelNotFoundError
-from voice_agent.loading import (
+from voice_agent.core.errors import ModelLoadError
+from voice_agent.core.hub import ModelNotFoundError
+from voice_agent.core.loading import (
     GIB,
     LoadReport,
     Strategy,
@@ -147,8 +147,8 @@ def test_truncated_or_malformed_weights_plan_nothing_and_still_load(
     """Regression: a truncated .safetensors (an interrupted download) raised struct.error and a
     malformed header TypeError/KeyError; the planners only catch ValueError/OSError ("cannot
     size it, just try"), so run_chain crashed instead of trying the strategy and reporting."""
-    from voice_agent.config import load_settings
-    from voice_agent.hardware import probe_hardware
+    from voice_agent.core.config import load_settings
+    from voice_agent.core.hardware import probe_hardware
     from voice_agent.llm.strategies import cpu_chain, to_strategies
 
     (tmp_path / "model.safetensors").write_bytes(content)

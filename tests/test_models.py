@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from fakes import FakeLLM, FakeSTT, FakeTTS
 
-from voice_agent import models as models_mod
-from voice_agent.config import get_settings
-from voice_agent.errors import ModelLoadError, ModelUnavailableError
-from voice_agent.loading import Attempt, LoadReport
-from voice_agent.models import LoadedModels, get_models, reset_models
+from voice_agent.core.config import get_settings
+from voice_agent.core.errors import ModelLoadError, ModelUnavailableError
+from voice_agent.core.loading import Attempt, LoadReport
+from voice_agent.pipeline import models as models_mod
+from voice_agent.pipeline.models import LoadedModels, get_models, reset_models
 
 
 @pytest.fixture(autouse=True)

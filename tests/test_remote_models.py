@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from voice_agent.agent import Agent
-from voice_agent.config import get_settings, load_settings
-from voice_agent.models import LoadedModels, get_models, reset_models
-from voice_agent.server import create_app
+from voice_agent.core.config import get_settings, load_settings
+from voice_agent.pipeline.agent import Agent
+from voice_agent.pipeline.models import LoadedModels, get_models, reset_models
+from voice_agent.server.app import create_app
 from voice_agent.testing.server import LiveServer, tiny_model_env
 
 

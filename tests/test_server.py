@@ -13,27 +13,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.server_fakes import FakeLLM, FakeModels, FakeSTT, FakeTTS, settings_with
-from voice_agent.audio import encode_wav
-from voice_agent.server import create_app
+from tests.server_fakes import (
+    FakeLLM,
+    FakeModels,
+    FakeSTT,
+    FakeTTS,
+    assert_error,
+    settings_with,
+    sse_events,
+    tone_wav,
+)
+from voice_agent.server.app import create_app
 from voice_agent.testing.server import LiveServer
-
-
-def tone_wav(seconds: float = 1.0, rate: int = 16_000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    return encode_wav(rate, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
-
-
-def assert_error(response: httpx.Response, status: int, *words: str) -> dict:
-    """The response is OpenAI's error JSON with `status` and a message naming `words`."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    error = body["error"]
-    assert set(error) >= {"message", "type", "code"}
-    assert "Traceback" not in response.text
-    for word in words:
-        assert word.lower() in error["message"].lower(), error["message"]
-    return error
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +150,6 @@ def test_generate_prompt_and_messages_with_sampling(http: httpx.Client, fakes: F
     )
     assert fakes.llm.last_system_prompt == "be brief"
     assert fakes.llm.last_messages[1] == {"role": "assistant", "content": "two"}
-
-
-def sse_events(response: httpx.Response) -> list:
-    events = []
-    for line in response.iter_lines():
-        if line.startswith("data: "):
-            data = line[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 def test_generate_stream_sends_deltas_then_the_reply(http: httpx.Client) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.server_fakes import API_KEY, FakeModels, settings_with
 from voice_agent.cli import serve
-from voice_agent.server import create_app
+from voice_agent.server.app import create_app
 from voice_agent.testing.server import LiveServer
 
 PROTECTED = [
@@ -109,28 +109,31 @@ def test_serve_refuses_a_public_address_without_a_key(
 
 
 def test_bind_rules() -> None:
-    assert serve.bind_problem("127.0.0.1", None) is None
-    assert serve.bind_problem("localhost", None) is None
-    assert serve.bind_problem("::1", None) is None
-    assert serve.bind_problem("0.0.0.0", API_KEY) is None
-    assert "refusing" in (serve.bind_problem("0.0.0.0", None) or "")
+    bare = settings_with()
+    assert serve.bind_problem("127.0.0.1", bare) is None
+    assert serve.bind_problem("localhost", bare) is None
+    assert serve.bind_problem("::1", bare) is None
+    assert serve.bind_problem("0.0.0.0", settings_with(MODEL_SERVER_API_KEY=API_KEY)) is None
+    assert serve.bind_problem("0.0.0.0", settings_with(GRADIO_AUTH="ada:pw")) is None
+    assert "refusing" in (serve.bind_problem("0.0.0.0", bare) or "")
 
 
 def test_serve_refuses_a_public_host_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from voice_agent.config import get_settings
+    from voice_agent.core.config import get_settings
 
     monkeypatch.setenv("MODEL_SERVER_HOST", "0.0.0.0")
     get_settings.cache_clear()
     assert serve.main([]) == 2
-    assert "refusing to listen on 0.0.0.0" in capsys.readouterr().err
+    assert "refusing to serve on 0.0.0.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mount_at", ["/ui", "/"])
-def test_a_mounted_ui_keeps_its_own_access_rules(mount_at: str) -> None:
-    """The UI mounted inside the API app (as app.py may do) needs no API key and has its
-    own upload limits; the API routes stay protected."""
+def test_a_mounted_ui_needs_the_key_too_and_keeps_its_upload_limits(mount_at: str) -> None:
+    """Regression: a UI mounted inside the API app was left to its own access control, so
+    with a key set the Gradio API stayed open. One rule now covers every door; the mounted
+    app keeps its own upload limits."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
@@ -144,7 +147,9 @@ def test_a_mounted_ui_keeps_its_own_access_rules(mount_at: str) -> None:
     app.mount(mount_at, ui)
     prefix = mount_at.rstrip("/")
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
-        r = http.post(prefix + "/upload", content=b"\0" * 2_000_000)
+        assert http.post(prefix + "/upload", content=b"\0" * 10).status_code == 401
+        keyed = {"Authorization": f"Bearer {API_KEY}"}
+        r = http.post(prefix + "/upload", content=b"\0" * 2_000_000, headers=keyed)
         assert r.status_code == 200 and r.text == "ui got 2000000 bytes"
         assert http.post("/generate", json={"prompt": "hi"}).status_code == 401
         assert http.get("/v1/models").status_code == 401

@@ -11,15 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import openai
 import pytest
 import soundfile as sf
 
-from voice_agent.audio import encode_wav, load_audio
-from voice_agent.client import VoiceAgentClient
-from voice_agent.config import Settings, load_settings
-from voice_agent.server import create_app
+from tests.server_fakes import tone_wav, wait_for
+from tests.token_probe import count_generated_tokens
+from voice_agent.audio.io import encode_wav, load_audio
+from voice_agent.client.http import VoiceAgentClient
+from voice_agent.core.config import Settings, load_settings
+from voice_agent.server.app import create_app
 from voice_agent.testing.server import LiveServer, ServeProcess, tiny_model_env
 
 pytestmark = pytest.mark.slow
@@ -30,27 +31,9 @@ def tiny_settings(tiny_models: Path, home: Path, **extra: str) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def tiny_server(
-    tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    from voice_agent.models import LoadedModels
-
-    settings = tiny_settings(tiny_models, tmp_path_factory.mktemp("home"))
-    models = LoadedModels(settings).load_all()
-    assert models.ready(), models.errors
-    with LiveServer(create_app(models)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def http(tiny_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=tiny_server.url, timeout=60) as client:
         yield client
-
-
-def tone_wav(seconds: float = 1.0) -> bytes:
-    t = np.arange(int(seconds * 16_000)) / 16_000
-    return encode_wav(16_000, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
 
 
 def test_health_shows_real_load_reports(http: httpx.Client) -> None:
@@ -131,10 +114,15 @@ def test_openai_package(tiny_server: LiveServer, assets_dir: Path) -> None:
 
 
 def test_our_client(tiny_server: LiveServer, tmp_path: Path) -> None:
+    """Guards `stream_reply` losing or garbling text (the old check, `"".join(...) is not
+    None`, held for any stream, even an empty one): greedy, the streamed deltas must add up
+    to exactly the text of the same request answered whole."""
     with VoiceAgentClient(tiny_server.url, api_key="") as client:
-        reply = client.generate_reply("Hello", max_new_tokens=4)
-        assert reply.completion_tokens <= 4
-        assert "".join(client.stream_reply("Hello", max_new_tokens=4)) is not None
+        reply = client.generate_reply("Hello", max_new_tokens=4, temperature=0)
+        assert 1 <= reply.completion_tokens <= 4 and reply.text.strip(), reply
+        streamed = list(client.stream_reply("Hello", max_new_tokens=4, temperature=0))
+        assert streamed and all(isinstance(piece, str) and piece for piece in streamed)
+        assert "".join(streamed) == reply.text
         out = client.synthesize("Hello there.", tmp_path / "hello.wav")
         assert sf.info(out).samplerate == 16_000
         assert client.transcribe(tone_wav()).speech_detected is False
@@ -142,15 +130,21 @@ def test_our_client(tiny_server: LiveServer, tmp_path: Path) -> None:
 
 
 def test_twenty_parallel_requests_with_a_queue_of_four(tiny_models: Path, tmp_path: Path) -> None:
-    from voice_agent.models import LoadedModels
+    """Guards admission that never refuses (`EngineGate.admit` letting every request queue
+    up): with both real engines busy, exactly one running + four queued requests per engine
+    get in and every request beyond that answers 503 + Retry-After at once, not after
+    waiting in line."""
+    from voice_agent.pipeline.models import LoadedModels
 
     settings = tiny_settings(tiny_models, tmp_path, MODEL_SERVER_QUEUE_SIZE="4")
     models = LoadedModels(settings, warmup=False)
     models.load("tts")
     models.load("llm")
+    app = create_app(models)
+    gates = app.state.voice_agent.gates
     limits = httpx.Limits(max_connections=20)
     with (
-        LiveServer(create_app(models)) as server,
+        LiveServer(app) as server,
         httpx.Client(base_url=server.url, timeout=60, limits=limits) as http,
     ):
 
@@ -161,31 +155,65 @@ def test_twenty_parallel_requests_with_a_queue_of_four(tiny_models: Path, tmp_pa
                 return i, http.post("/generate", json={"prompt": "Hi", "max_new_tokens": 24})
             return i, http.post("/tts", json={"text": f"Sentence number {i} is spoken here."})
 
+        # 8 /generate, 8 /tts and 4 oversized requests. Both engines are held busy (as by a
+        # long request) while they arrive, so all 16 good ones compete for 2 x (1 + 4) places.
         with ThreadPoolExecutor(max_workers=20) as pool:
-            results = list(pool.map(call, range(20)))
-        for i, r in results:
-            assert "Traceback" not in r.text
-            if i % 5 == 4:
-                assert r.status_code == 413
-            else:
-                assert r.status_code in (200, 503), r.text
+            for gate in (gates["llm"], gates["tts"]):
+                gate.lock.acquire()
+            try:
+                futures = [pool.submit(call, i) for i in range(20)]
+                # The 4 oversized and the 2 x 3 refused answer while the engines are still busy.
+                answered = wait_for(lambda: sum(f.done() for f in futures) >= 10, timeout=30)
+                early = {f.result()[0] for f in futures if f.done()}
+                admitted = {name: gates[name].admitted for name in ("llm", "tts")}
+            finally:
+                for gate in (gates["llm"], gates["tts"]):
+                    gate.lock.release()
+            results = [f.result() for f in futures]
+        assert answered, f"only {len(early)} of 20 answered while the engines were busy"
+        assert admitted == {"llm": 5, "tts": 5}, admitted
+        assert all("Traceback" not in r.text for _, r in results)
+        assert sorted(i for i, r in results if r.status_code == 413) == [4, 9, 14, 19]
+        for route, odd in (("/generate", 1), ("/tts", 0)):
+            mine = [(i, r) for i, r in results if i % 5 != 4 and i % 2 == odd]
+            statuses = sorted(r.status_code for _, r in mine)
+            assert statuses == [200] * 5 + [503] * 3, (route, statuses)
+            for i, r in mine:
                 if r.status_code == 503:
-                    assert r.headers["Retry-After"]
-        assert any(r.status_code == 200 for _, r in results)
+                    assert i in early, f"{route} request {i} was refused only after waiting"
+                    assert int(r.headers["Retry-After"]) >= 1
+                    assert r.json()["error"]["code"] == "busy"
+                else:
+                    assert i not in early  # it waited for the engine, then ran
         # The server is healthy (STT was never loaded: health says so) and serving.
         assert http.get("/health").json()["models"]["tts"]["status"] == "ready"
         assert http.post("/tts", json={"text": "Still here."}).status_code == 200
 
 
-def test_disconnect_mid_stream_leaves_the_server_serving(http: httpx.Client) -> None:
-    body = {"prompt": "Tell me a story", "max_new_tokens": 300, "stream": True}
-    with http.stream("POST", "/generate", json=body) as r:
+def test_disconnect_mid_stream_leaves_the_server_serving(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards a disconnect leaving the LLM generating for nobody (the engine's cancel check,
+    its StoppingCriteria, never firing): the server answers the same either way, so the
+    tokens the engine really generated are counted against the same request read to the
+    end."""
+    generated = count_generated_tokens(monkeypatch)
+    body = {"prompt": "Tell me a story", "max_new_tokens": 300, "temperature": 0}
+    whole = http.post("/generate", json=body)
+    assert whole.status_code == 200, whole.text
+    uncancelled = whole.json()["completion_tokens"]
+    assert generated == [uncancelled] and uncancelled >= 150  # else nothing is proved below
+    with http.stream("POST", "/generate", json={**body, "stream": True}) as r:
         assert r.status_code == 200
         for n, _ in enumerate(r.iter_lines()):
             if n >= 6:
                 break
     r = http.post("/generate", json={"prompt": "Hi", "max_new_tokens": 3})
     assert r.status_code == 200
+    # That request waited for the engine, so the disconnected generation has ended: it
+    # stopped soon after the client left instead of running on to max_new_tokens.
+    assert len(generated) == 3, generated
+    assert generated[1] < uncancelled / 2, generated
 
 
 def test_serve_command_answers_health(tiny_models: Path, tmp_path: Path) -> None:

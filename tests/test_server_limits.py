@@ -1,4 +1,4 @@
-"""`voice_agent.limits` on its own: admission, the worker pump, cancellation and deadlines."""
+"""`voice_agent.server.admission` on its own: admission, the worker pump, cancellation and deadlines."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from voice_agent.cancel import CancelToken
-from voice_agent.errors import BusyError
-from voice_agent.limits import EngineGate, RequestTimeoutError, pump, run_gated
+from voice_agent.core.cancel import CancelToken
+from voice_agent.core.errors import BusyError
+from voice_agent.server import admission
+from voice_agent.server.admission import EngineGate, RequestTimeoutError, pump, run_gated
 
 
 def test_admission_refuses_beyond_the_queue_at_once() -> None:
@@ -136,3 +137,36 @@ def test_worker_noticing_the_deadline_first_still_answers_busy() -> None:
         asyncio.run(queued_behind_a_long_request())
     finally:
         gate.lock.release()
+
+
+def test_a_stalled_reader_bounds_how_far_the_worker_runs_ahead() -> None:
+    """Guards back-pressure (an unbounded `PUMP_BUFFER`, e.g. 10**9): a reader that stops
+    reading must stop the engine within a few items, not let it run on to the end and pile
+    its whole output (tokens, audio chunks) up in memory."""
+    gate = EngineGate("tts", queue_size=1)
+    produced = [0]
+
+    def produce(tok: CancelToken) -> Iterator[int]:
+        for i in range(1000):  # all 1000 take a millisecond or two when nothing holds them
+            produced[0] += 1
+            yield i
+
+    async def read_three_then_stall() -> tuple[list[int], int]:
+        stream = pump(gate, produce, token=CancelToken(), timeout_s=30)
+        got = [await stream.__anext__() for _ in range(3)]
+        # Stall until the worker has stopped moving (it is blocked on the full buffer).
+        last, still_since = -1, time.monotonic()
+        while time.monotonic() - still_since < 0.5:
+            await asyncio.sleep(0.02)
+            if produced[0] != last:
+                last, still_since = produced[0], time.monotonic()
+        ahead = produced[0] - len(got)
+        got += [x async for x in stream]  # reading again lets the rest through
+        return got, ahead
+
+    got, ahead = asyncio.run(read_three_then_stall())
+    assert got == list(range(1000))
+    # The worker filled the buffer and then waited: PUMP_BUFFER items handed over, plus
+    # the one it produced and is waiting to hand over; PUMP_BUFFER itself is small.
+    assert admission.PUMP_BUFFER <= ahead <= admission.PUMP_BUFFER + 1, ahead
+    assert ahead <= 32, f"the worker ran {ahead} items ahead of a stalled reader"

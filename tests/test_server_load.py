@@ -5,24 +5,14 @@ server keeps answering afterwards."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.server_fakes import FakeLLM, FakeModels, FakeTTS, settings_with
-from voice_agent.server import create_app
+from tests.server_fakes import FakeLLM, FakeModels, FakeTTS, settings_with, wait_for
+from voice_agent.server.app import create_app
 from voice_agent.testing.server import LiveServer
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_twenty_parallel_requests_with_a_queue_of_four() -> None:

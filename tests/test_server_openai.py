@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from tests.server_fakes import API_KEY, FakeModels, FakeTTS, settings_with
-from voice_agent.server import create_app
+from voice_agent.server.app import create_app
 from voice_agent.testing.server import LiveServer
 
 
@@ -249,7 +249,7 @@ def test_voices_loading_a_lazy_tts_leaves_the_server_responsive() -> None:
     loaded the TTS on the event loop and the whole server (even /health) froze meanwhile."""
     import threading
 
-    from voice_agent.models import LoadedModels
+    from voice_agent.pipeline.models import LoadedModels
 
     fakes = FakeModels()
     entered, release = threading.Event(), threading.Event()

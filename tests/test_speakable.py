@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voice_agent.tts.speakable import cardinal, make_speakable, ordinal, year
+from voice_agent.tts.text.speakable import cardinal, make_speakable, ordinal, year
 
 # (what an LLM wrote, what the voice should read)
 CASES = [
@@ -254,7 +254,7 @@ def test_adversarial_long_text_stays_linear() -> None:
 
 
 def test_long_text_is_cut_at_whitespace() -> None:
-    from voice_agent.tts.speakable import PIECE_CHARS, _pieces
+    from voice_agent.tts.text.speakable import PIECE_CHARS, _pieces
 
     text = "word " * 1000
     pieces = _pieces(text, PIECE_CHARS)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voice_agent.audio import (
+from voice_agent.audio.io import (
     SAMPLE_RATE,
     AudioTooLongError,
     InvalidAudioError,
     encode_audio,
     resample,
 )
-from voice_agent.config import DEFAULT_STT_CPU, SettingsError, get_settings, load_settings
-from voice_agent.errors import BusyError, InputError, ModelLoadError
+from voice_agent.core.config import DEFAULT_STT_CPU, SettingsError, get_settings, load_settings
+from voice_agent.core.errors import BusyError, InputError, ModelLoadError
 from voice_agent.stt.base import STTEngine, Transcript
 from voice_agent.testing import tiny_whisper
 
@@ -374,7 +374,7 @@ def test_cli_missing_file_and_model_errors(cli_env, tmp_path, hello_path, capsys
 @pytest.mark.parametrize("bad", [5, ["en"], {"lang": "en"}])
 def test_language_that_is_not_a_string_is_an_input_error(bad) -> None:
     """Regression: a non-string language (e.g. JSON `"language": 5`) raised AttributeError (a 500)."""
-    from voice_agent.errors import InputError
+    from voice_agent.core.errors import InputError
     from voice_agent.stt.whisper import normalize_language
 
     with pytest.raises(InputError, match="must be a string"):

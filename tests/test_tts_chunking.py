@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voice_agent.errors import InputTooLargeError
-from voice_agent.tts.chunking import (
+from voice_agent.core.errors import InputTooLargeError
+from voice_agent.tts.text.chunking import (
+    Phrasing,
     TextSplitter,
     check_length,
     fade_edges,
@@ -86,6 +87,37 @@ def test_phrase_mode_releases_clauses_and_long_runs() -> None:
     assert phrases[1] == "it is easy."
     assert phrases[2].split() == "one two three four five six seven eight nine ten".split()
     assert " ".join(phrases).split() == tokens.split()
+
+
+def test_first_phrase_goes_early_and_run_ons_are_cut() -> None:
+    """What a conversation asks of a sentence-at-a-time engine: the first phrase after
+    `first_phrase_words` words or at its first clause of three words, later text a
+    sentence at a time, any run of `max_words` words cut."""
+    words = "Well I think that the weather will be fine today. And then it rains all day".split()
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    early = Phrasing(first_phrase_words=4, max_words=6)
+    assert list(split_stream(iter(pieces), phrasing=early)) == [
+        "Well I think that",
+        "the weather will be fine today.",
+        "And then it rains all day",
+    ]
+    assert list(split_stream(iter(pieces[10:]), phrasing=Phrasing(max_words=3))) == [
+        "And then it",
+        "rains all day",
+    ]
+    clause = split_stream(
+        iter(["Sure", ",", " I", " can", ",", " yes"]), phrasing=Phrasing(first_phrase_words=8)
+    )
+    assert list(clause) == ["Sure, I can,", "yes"]
+    # Off: sentences only.
+    assert list(split_stream(iter(pieces))) == [
+        "Well I think that the weather will be fine today.",
+        "And then it rains all day",
+    ]
+    # Text without spaces counts CHARS_PER_WORD characters as a word.
+    assert [
+        len(p) for p in split_stream(iter(["字" * 40]), phrasing=Phrasing(first_phrase_words=2))
+    ] == [16, 24]
 
 
 def test_phrase_mode_keeps_links_and_titles_whole() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voice_agent.config import get_settings
-from voice_agent.errors import InputError, InputTooLargeError, ModelLoadError
+from voice_agent.core.config import get_settings
+from voice_agent.core.errors import InputError, InputTooLargeError, ModelLoadError
 from voice_agent.tts.backends import NothingToSpeakError, UnknownVoiceError
-from voice_agent.tts.engine import CPU_REASON, Dia2TTS, detect_backend
+from voice_agent.tts.engine import CPU_REASON, LocalTTS, detect_backend
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def check_audio(rate: int, audio: np.ndarray, expected_rate: int) -> None:
 
 def test_vits_loads_through_engine(monkeypatch, tiny_models: Path) -> None:
     configure(monkeypatch, TTS_BACKEND="vits", TTS_MODEL_NAME=str(tiny_models / "vits"))
-    tts = Dia2TTS()
+    tts = LocalTTS()
     assert (tts.backend, tts.device, tts.dtype) == ("vits", "cpu", "float32")
     chosen = tts.report.chosen
     assert chosen is not None and chosen.strategy.startswith("vits ")
@@ -57,7 +57,7 @@ def test_vits_loads_through_engine(monkeypatch, tiny_models: Path) -> None:
 
 def test_dia2_loads_through_engine(monkeypatch, tiny_models: Path) -> None:
     configure(monkeypatch, TTS_BACKEND="dia2", TTS_MODEL_NAME=str(tiny_models / "dia2"))
-    tts = Dia2TTS()
+    tts = LocalTTS()
     assert tts.backend == "dia2" and tts.fast_path == "eager"
     rate, audio = tts.synthesize("Hello there, it is 3:45 pm.")
     check_audio(rate, audio, 24_000)
@@ -66,14 +66,14 @@ def test_dia2_loads_through_engine(monkeypatch, tiny_models: Path) -> None:
 
 def test_dia_loads_through_engine(monkeypatch, tiny_dia: Path) -> None:
     configure(monkeypatch, TTS_BACKEND="dia", TTS_MODEL_NAME=str(tiny_dia))
-    tts = Dia2TTS()
+    tts = LocalTTS()
     assert tts.backend == "dia"
     check_audio(*tts.synthesize("Hi."), 44_100)
 
 
 def test_engine_arguments_override_settings(monkeypatch, tiny_models: Path) -> None:
     configure(monkeypatch, TTS_BACKEND="dia", TTS_MODEL_NAME="/nowhere")
-    tts = Dia2TTS(backend="vits", model_name=str(tiny_models / "vits"))
+    tts = LocalTTS(backend="vits", model_name=str(tiny_models / "vits"))
     assert tts.backend == "vits"
 
 
@@ -87,7 +87,7 @@ def test_corrupt_dia2_falls_back_to_vits_and_says_why(
     )
     local_vits(monkeypatch, tiny_models, tmp_path)
     configure(monkeypatch, TTS_BACKEND="dia2", TTS_MODEL_NAME=str(broken))
-    tts = Dia2TTS()
+    tts = LocalTTS()
     assert tts.backend == "vits" and tts.model_id == "facebook/mms-tts-eng"
     first, last = tts.report.attempts[0], tts.report.attempts[-1]
     assert first.strategy.startswith("dia2 ") and first.outcome == "failed"
@@ -103,7 +103,7 @@ def test_auto_on_cpu_skips_dia2_with_the_reason(
 ) -> None:
     local_vits(monkeypatch, tiny_models, tmp_path)
     configure(monkeypatch, TTS_BACKEND="auto")
-    tts = Dia2TTS()
+    tts = LocalTTS()
     skipped = tts.report.attempts[0]
     assert skipped.strategy.startswith("dia2 nari-labs/Dia2-2B")
     assert skipped.outcome == "skipped" and skipped.reason == CPU_REASON
@@ -115,7 +115,7 @@ def test_auto_picks_the_backend_of_a_named_checkpoint(
     monkeypatch, tiny_models: Path, tmp_path: Path
 ) -> None:
     configure(monkeypatch, TTS_BACKEND="auto", TTS_MODEL_NAME=str(tiny_models / "vits"))
-    assert Dia2TTS().model_id == str(tiny_models / "vits")
+    assert LocalTTS().model_id == str(tiny_models / "vits")
     settings = get_settings()
     assert detect_backend(str(tiny_models / "dia2"), settings) == "dia2"
     assert detect_backend("nari-labs/Dia-1.6B-0626", settings) == "dia"
@@ -125,7 +125,7 @@ def test_auto_picks_the_backend_of_a_named_checkpoint(
 def test_every_backend_failing_raises_with_the_report(monkeypatch, tmp_path: Path) -> None:
     configure(monkeypatch, TTS_BACKEND="dia2", TTS_MODEL_NAME=str(tmp_path / "missing"))
     with pytest.raises(ModelLoadError) as info:
-        Dia2TTS()
+        LocalTTS()
     report = info.value.report
     assert [a.strategy.split()[0] for a in report.attempts] == ["dia2", "vits"]
     assert all(a.outcome == "failed" for a in report.attempts)
@@ -139,7 +139,7 @@ def test_tts_device_cuda_without_cuda_is_recorded(monkeypatch, tiny_models: Path
     configure(monkeypatch, TTS_BACKEND="vits", TTS_MODEL_NAME=str(tiny_models / "vits"))
     monkeypatch.setenv("TTS_DEVICE", "cuda")
     get_settings.cache_clear()
-    tts = Dia2TTS()
+    tts = LocalTTS()
     assert tts.device == "cpu"
     assert tts.report.attempts[0].device == "cuda" and tts.report.attempts[0].outcome == "skipped"
     assert "TTS_DEVICE=cuda" in tts.report.notes[0]
@@ -147,20 +147,20 @@ def test_tts_device_cuda_without_cuda_is_recorded(monkeypatch, tiny_models: Path
 
 def test_unknown_backend_names_the_choices() -> None:
     with pytest.raises(ValueError, match="auto, dia2, dia, vits"):
-        Dia2TTS(backend="espeak")
+        LocalTTS(backend="espeak")
 
 
 # --- bad input --------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def vits_tts(monkeypatch, tiny_models: Path) -> Dia2TTS:
+def vits_tts(monkeypatch, tiny_models: Path) -> LocalTTS:
     configure(monkeypatch, TTS_BACKEND="vits", TTS_MODEL_NAME=str(tiny_models / "vits"))
-    return Dia2TTS()
+    return LocalTTS()
 
 
 @pytest.mark.parametrize("text", ["", "   \n\t ", "😀🎉🚀", "```\nprint(1)\n```", "**  ** ---"])
-def test_nothing_to_say_is_a_clear_input_error(vits_tts: Dia2TTS, text: str) -> None:
+def test_nothing_to_say_is_a_clear_input_error(vits_tts: LocalTTS, text: str) -> None:
     with pytest.raises(NothingToSpeakError) as info:
         vits_tts.synthesize(text)
     assert isinstance(info.value, InputError) and info.value.status_code == 400
@@ -168,14 +168,14 @@ def test_nothing_to_say_is_a_clear_input_error(vits_tts: Dia2TTS, text: str) -> 
         vits_tts.stream(text)
 
 
-def test_text_over_the_limit_is_refused(vits_tts: Dia2TTS) -> None:
+def test_text_over_the_limit_is_refused(vits_tts: LocalTTS) -> None:
     text = "word " * 12_001  # 60 005 characters, over the default 60 000
     with pytest.raises(InputTooLargeError, match="60,000") as info:
         vits_tts.synthesize(text)
     assert info.value.status_code == 413
 
 
-def test_fifty_thousand_characters_are_chunked_and_spoken(vits_tts: Dia2TTS) -> None:
+def test_fifty_thousand_characters_are_chunked_and_spoken(vits_tts: LocalTTS) -> None:
     text = "This is a fairly ordinary sentence for testing. " * 1042  # 50 016 characters
     assert len(text) > 50_000
     chunks = vits_tts.stream(text)
@@ -186,12 +186,12 @@ def test_fifty_thousand_characters_are_chunked_and_spoken(vits_tts: Dia2TTS) -> 
         assert chunk.samples.size > 0
 
 
-def test_control_characters_are_stripped(vits_tts: Dia2TTS) -> None:
+def test_control_characters_are_stripped(vits_tts: LocalTTS) -> None:
     rate, audio = vits_tts.synthesize("Hello\x00 there\x07\x1b[0m, friend\u200b!")
     check_audio(rate, audio, 16_000)
 
 
-def test_non_english_text_warns_and_still_speaks(vits_tts: Dia2TTS, caplog) -> None:
+def test_non_english_text_warns_and_still_speaks(vits_tts: LocalTTS, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="voice_agent.tts.engine"):
         rate, audio = vits_tts.synthesize(
             "Ça va très bien, merci! Où est la bibliothèque? Été à Zürich."
@@ -200,12 +200,12 @@ def test_non_english_text_warns_and_still_speaks(vits_tts: Dia2TTS, caplog) -> N
     assert any("English only" in r.getMessage() for r in caplog.records)
 
 
-def test_text_in_a_script_the_voice_cannot_read(vits_tts: Dia2TTS) -> None:
+def test_text_in_a_script_the_voice_cannot_read(vits_tts: LocalTTS) -> None:
     with pytest.raises(NothingToSpeakError):
         vits_tts.synthesize("你好，世界")
 
 
-def test_unknown_voice_lists_the_voices(vits_tts: Dia2TTS) -> None:
+def test_unknown_voice_lists_the_voices(vits_tts: LocalTTS) -> None:
     with pytest.raises(UnknownVoiceError, match="available: default"):
         vits_tts.synthesize("Hello.", voice="pirate")
 
@@ -227,7 +227,7 @@ def test_dia2_prefix_voice_and_kept_default_voice(
         TTS_MODEL_NAME=str(tiny_models / "dia2"),
         TTS_VOICES_DIR=str(voices),
     )
-    tts = Dia2TTS()
+    tts = LocalTTS()
     assert [v.id for v in tts.voices()] == ["default", "mute", "narrator"]
     check_audio(*tts.synthesize("Nice to meet you.", voice="narrator"), 24_000)
     # Regression: a new transcript timer per utterance defeated the runtime's prefix cache
@@ -257,7 +257,7 @@ def test_dia2_word_timer_from_the_app_is_used(
         TTS_MODEL_NAME=str(tiny_models / "dia2"),
         TTS_VOICES_DIR=str(voices),
     )
-    tts = Dia2TTS()
+    tts = LocalTTS()
     calls: list[int] = []
 
     def timer(audio: np.ndarray, rate: int) -> list[tuple[str, float, float]]:

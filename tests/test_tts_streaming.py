@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voice_agent.cancel import CancelToken
-from voice_agent.config import get_settings
-from voice_agent.errors import InputTooLargeError
-from voice_agent.tts.engine import Dia2TTS
+from voice_agent.core.cancel import CancelToken
+from voice_agent.core.config import get_settings
+from voice_agent.core.errors import InputTooLargeError
+from voice_agent.tts.engine import LocalTTS
 
 REPLY = (
     "Sure, I can help with that. The weather today is sunny and warm, about 25 degrees. "
@@ -38,14 +38,14 @@ class RecordingTokens:
             yield token
 
 
-def engine(monkeypatch: pytest.MonkeyPatch, backend: str, model: Path, **env: str) -> Dia2TTS:
+def engine(monkeypatch: pytest.MonkeyPatch, backend: str, model: Path, **env: str) -> LocalTTS:
     monkeypatch.setenv("TTS_DEVICE", "cpu")
     monkeypatch.setenv("TTS_BACKEND", backend)
     monkeypatch.setenv("TTS_MODEL_NAME", str(model))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    return Dia2TTS()
+    return LocalTTS()
 
 
 def boundary_steps(chunks: list[np.ndarray]) -> list[float]:

@@ -21,11 +21,11 @@ from fakes import FakeLLM, fake_models
 
 gr = pytest.importorskip("gradio")
 
-from voice_agent import ui_diagnostics as diag  # noqa: E402
-from voice_agent.agent import Agent  # noqa: E402
-from voice_agent.ui import build_ui  # noqa: E402
-from voice_agent.ui_conversation import UISession, latency_line, wav_bytes  # noqa: E402
-from voice_agent.ui_handlers import status_banner  # noqa: E402
+from voice_agent.pipeline.agent import Agent  # noqa: E402
+from voice_agent.ui import diagnostics as diag  # noqa: E402
+from voice_agent.ui.blocks import build_ui  # noqa: E402
+from voice_agent.ui.conversation import UISession, latency_line, wav_bytes  # noqa: E402
+from voice_agent.ui.handlers import status_banner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,19 @@ def controls(prompt="Be brief.", temperature=0.0, max_tokens=64, voice=""):
 
 def drain(gen):
     return list(gen)
+
+
+def uploaded(path: Path) -> str:
+    """`path` copied into Gradio's upload cache, as the page's upload does; the handlers
+    accept files from there only (`voice_agent.ui.uploads`)."""
+    import shutil
+    import uuid
+
+    from voice_agent.ui.uploads import upload_root
+
+    folder = upload_root() / f"test-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    return shutil.copy(path, folder / Path(path).name)
 
 
 def speech_clip(seconds: float, rate: int = 16_000) -> np.ndarray:
@@ -174,7 +187,7 @@ def test_stop_cancels_the_running_turn_and_keeps_the_session():
 def test_silence_recording_gets_a_message(app, assets_dir):
     _, handlers, _ = app
     ui = handlers.on_load()[0]
-    steps = drain(handlers.send_audio(str(assets_dir / "silence.wav"), ui, *controls()))
+    steps = drain(handlers.send_audio(uploaded(assets_dir / "silence.wav"), ui, *controls()))
     reply = steps[-2][0][-1]["content"]
     assert "didn't hear any speech" in reply
     assert steps[-1][3] is None, "the microphone is cleared for the next recording"
@@ -186,7 +199,7 @@ def test_corrupt_upload_gets_a_message_and_the_session_goes_on(app, tmp_path):
     ui = handlers.on_load()[0]
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage that is not audio" * 3)
-    steps = drain(handlers.send_audio(str(bad), ui, *controls()))
+    steps = drain(handlers.send_audio(uploaded(bad), ui, *controls()))
     reply = steps[-2][0][-1]["content"]
     assert "⚠" in reply and "Traceback" not in reply
     after = drain(handlers.send_text("Still there?", ui, *controls()))
@@ -197,7 +210,7 @@ def test_ten_minute_recording_is_refused_with_the_limit(app, tmp_path):
     _, handlers, _ = app
     ui = handlers.on_load()[0]
     long_wav = write_wav(tmp_path / "long.wav", np.zeros(8_000 * 600, np.float32), rate=8_000)
-    steps = drain(handlers.send_audio(str(long_wav), ui, *controls()))
+    steps = drain(handlers.send_audio(uploaded(long_wav), ui, *controls()))
     reply = steps[-2][0][-1]["content"]
     assert "MAX_AUDIO_SECONDS" in reply or "limit" in reply
     assert ui.session.history == []
@@ -207,7 +220,7 @@ def test_spoken_turn_shows_transcript_and_heard_latency(app, assets_dir):
     _, handlers, _ = app
     ui = handlers.on_load()[0]
     clip = assets_dir / "hello.wav"
-    steps = drain(handlers.send_audio(str(clip), ui, *controls()))
+    steps = drain(handlers.send_audio(uploaded(clip), ui, *controls()))
     chat = steps[-2][0]
     assert chat[0]["content"].endswith("What is the weather like?")
     assert "heard in" in chat[1]["content"]
@@ -223,7 +236,7 @@ def test_missing_model_shows_banner_and_keeps_text_working(assets_dir):
     loaded = handlers.on_load()
     assert loaded[6].visible is True, "the Open Diagnostics button shows"
     ui = loaded[0]
-    steps = drain(handlers.send_audio(str(assets_dir / "hello.wav"), ui, *controls()))
+    steps = drain(handlers.send_audio(uploaded(assets_dir / "hello.wav"), ui, *controls()))
     assert "Type your message instead" in steps[-2][0][-1]["content"]
     after = drain(handlers.send_text("typed", ui, *controls()))
     assert "Hello there." in after[-1][0][-1]["content"]
@@ -324,7 +337,7 @@ def test_hands_free_ends_the_turn_after_a_pause_and_answers(app, assets_dir):
 def test_speaking_over_the_reply_interrupts_it(app):
     _, handlers, _ = app
     ui = handlers.on_load()[0]
-    from voice_agent.cancel import CancelToken
+    from voice_agent.core.cancel import CancelToken
 
     running = CancelToken()
     ui.cancel = running  # a reply is being spoken
@@ -450,7 +463,7 @@ def app_module(monkeypatch):
 def test_app_serves_rest_and_ui_on_one_port(app_module):
     from starlette.testclient import TestClient
 
-    from voice_agent.config import get_settings
+    from voice_agent.core.config import get_settings
 
     models = fake_models()
     demo, _, _ = make_app(models)
@@ -465,21 +478,8 @@ def test_app_serves_rest_and_ui_on_one_port(app_module):
         assert client.get("/config").status_code == 200
 
 
-def test_exposed_app_without_key_serves_only_health(app_module):
-    from starlette.testclient import TestClient
-
-    from voice_agent.config import get_settings
-
-    models = fake_models()
-    demo, _, _ = make_app(models)
-    asgi = app_module.build_app(models, get_settings(), demo, rest_open=False)
-    with TestClient(asgi) as client:
-        assert "models" in client.get("/health").json()
-        assert client.get("/v1/models").status_code == 404
-
-
 def test_host_defaults(app_module, monkeypatch):
-    from voice_agent.config import load_settings
+    from voice_agent.core.config import load_settings
 
     settings = load_settings({})
     assert app_module.resolve_host(None, settings, {}) == "127.0.0.1"
@@ -493,7 +493,7 @@ def test_host_defaults(app_module, monkeypatch):
 
 
 def test_zero_gpu_shim(monkeypatch):
-    from voice_agent import spaces_compat
+    from voice_agent.core import spaces as spaces_compat
 
     def work(x):
         return x + 1
@@ -524,7 +524,7 @@ def test_zero_gpu_shim(monkeypatch):
 
 def test_text_turn_on_tiny_checkpoints(tiny_env):
     """The whole UI path on the real engines (random weights: any reply text will do)."""
-    from voice_agent.models import LoadedModels
+    from voice_agent.pipeline.models import LoadedModels
 
     models = LoadedModels(tiny_env, warmup=False).load_all()
     assert models.ready(), models.errors

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voice_agent.vad import SAMPLE_RATE, TurnDetector, VADConfig, VADEvent, voicing
+from voice_agent.audio.vad import SAMPLE_RATE, TurnDetector, VADConfig, VADEvent, voicing
 
 
 def load(path) -> np.ndarray:
@@ -79,7 +79,7 @@ def test_no_end_of_turn_inside_a_pause_shorter_than_the_setting(clips):
 
 def test_default_pause_comes_from_settings(monkeypatch):
     monkeypatch.setenv("VAD_PAUSE_SECONDS", "0.9")
-    from voice_agent.config import get_settings
+    from voice_agent.core.config import get_settings
 
     get_settings.cache_clear()
     assert TurnDetector().config.pause_s == 0.9
@@ -184,8 +184,8 @@ def test_bad_config_and_chunks_are_refused():
 def test_longest_turn_fits_the_transcription_limit(monkeypatch) -> None:
     """Regression: a turn cut at max_turn_s (300 s) plus its 0.3 s pre-roll exceeded
     MAX_AUDIO_SECONDS (300) and was refused as too long."""
-    from voice_agent.config import get_settings
-    from voice_agent.vad import TurnDetector
+    from voice_agent.audio.vad import TurnDetector
+    from voice_agent.core.config import get_settings
 
     for limit in ("300", "30"):
         monkeypatch.setenv("MAX_AUDIO_SECONDS", limit)

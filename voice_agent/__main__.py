@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from .config import SettingsError, apply_process_defaults
+    from voice_agent.core.config import SettingsError, apply_process_defaults
 
     configure_logging()
     apply_process_defaults()
     if name == "app":
         # app.py lives at the repository root (the Spaces entry point).
-        from .testing.paths import REPO_ROOT
+        from voice_agent.testing.paths import REPO_ROOT
 
         sys.path.insert(0, str(REPO_ROOT))
     module = importlib.import_module(COMMANDS[name][0])

@@ -1,6 +1,6 @@
 """Dia2 on a CUDA machine: parity of the GPU paths and the speed of eager vs CUDA graphs vs compile.
 
-    VOICE_AGENT_SHARED_FIXTURES=.gpu python -m voice_agent.bench.gpu_dia2
+    python -m voice_agent.bench.gpu_dia2
 
 prints one JSON line (`gpu_check()`): on the tiny fixture (CUDA, float32) the c1_hello
 tokens of the eager and CUDA-graph paths against the official CPU reference, whether the

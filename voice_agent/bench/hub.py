@@ -7,13 +7,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import median_seconds
+from voice_agent.bench.common import median_seconds
 
 
 def run(quick: bool = False) -> dict:
-    from ..config import load_settings
-    from ..hub import ModelNotFoundError, ensure_model_exists
-    from ..testing.tiny import make_tiny_models
+    from voice_agent.core.config import load_settings
+    from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
+    from voice_agent.testing.tiny import make_tiny_models
 
     repeats = 3 if quick else 7
     rows: list[dict] = []

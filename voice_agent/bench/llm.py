@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .common import run_isolated
+from voice_agent.bench.common import run_isolated
 
 STRATEGIES = ("cpu-float32", "cpu-bfloat16", "cpu-8bit", "cpu-4bit")
 SPEAKING_PACE_TOKENS_S = 4.0
@@ -29,7 +29,7 @@ SYSTEM = "You are a friendly voice assistant. Answer briefly."
 # Runs in a fresh process: load with one strategy, warm up, then time greedy replies.
 STRATEGY_RUN = """
 import json, resource, statistics, sys, time, torch
-from voice_agent.config import load_settings
+from voice_agent.core.config import load_settings
 from voice_agent.llm.base import GenerationSettings
 from voice_agent.llm.engine import OpenSourceLLM
 from transformers import AutoModelForCausalLM, AutoTokenizer  # import time is not load time
@@ -69,8 +69,8 @@ print(json.dumps({"path": str(out)}))
 # The float strategy the CPU chain picks when quantization is off (bf16 or fp32 by the CPU).
 FLOAT_CHOICE = """
 import json
-from voice_agent.config import load_settings
-from voice_agent.hardware import probe_hardware
+from voice_agent.core.config import load_settings
+from voice_agent.core.hardware import probe_hardware
 from voice_agent.llm.strategies import plan_chain
 settings = load_settings({"MODEL_SERVER_PREFER_4BIT": "0", "LLM_DEVICE": "cpu"})
 print(json.dumps({"name": plan_chain(settings, probe_hardware())[0].name}))

@@ -58,6 +58,7 @@ class ScriptedLLM:
         self.model_id = llm.model_id
         self.report = llm.report
         self.context_length = llm.context_length
+        self.capabilities = llm.capabilities
 
     def _script(self, generated):
         for k, _ in enumerate(generated):
@@ -81,7 +82,13 @@ def build_llm(out_dir: Path) -> Path:
     import torch
     from transformers import GenerationConfig
 
-    from ..testing.tiny_llm import EOS, PAD, SPECIAL_TOKENS, build_shaped_model, build_tokenizer
+    from voice_agent.testing.tiny_llm import (
+        EOS,
+        PAD,
+        SPECIAL_TOKENS,
+        build_shaped_model,
+        build_tokenizer,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out_dir)
@@ -112,8 +119,8 @@ def build_llm(out_dir: Path) -> Path:
 
 
 def build_models(root: Path) -> dict[str, Path]:
-    from ..testing.tiny_vits import build_shaped as build_vits
-    from ..testing.tiny_whisper import SHAPES, build_whisper
+    from voice_agent.testing.tiny_vits import build_shaped as build_vits
+    from voice_agent.testing.tiny_whisper import SHAPES, build_whisper
 
     return {
         "llm": build_llm(root / "llm"),
@@ -130,12 +137,12 @@ def build_models(root: Path) -> dict[str, Path]:
 
 
 def run(quick: bool = False) -> dict:
-    from ..agent import Agent
-    from ..audio import SAMPLE_RATE, load_audio
-    from ..config import load_settings
-    from ..llm.base import GenerationSettings
-    from ..models import LoadedModels
-    from ..testing.paths import REPO_ROOT
+    from voice_agent.audio.io import SAMPLE_RATE, load_audio
+    from voice_agent.core.config import load_settings
+    from voice_agent.llm.base import GenerationSettings
+    from voice_agent.pipeline.agent import Agent
+    from voice_agent.pipeline.models import LoadedModels
+    from voice_agent.testing.paths import REPO_ROOT
 
     repeats = 2 if quick else 5
     clip = load_audio(str(REPO_ROOT / "assets" / "hello.wav"))
@@ -163,7 +170,7 @@ def run(quick: bool = False) -> dict:
         if not models.ready():
             return {"rows": [], "notes": f"models did not load: {models.errors}", "error": True}
         llm = models.llm = ScriptedLLM(models.llm, pieces)
-        stt, tts = models.stt, models.tts
+        stt, tts = models.require("stt"), models.require("tts")
         agent = Agent(models)
 
         def sequential() -> dict[str, float]:
@@ -188,12 +195,13 @@ def run(quick: bool = False) -> dict:
 
         by_sentence = Agent(models, first_phrase_words=0)
 
-        def streaming(engine: Agent = agent) -> dict[str, float]:
+        def streaming(engine: Agent = agent) -> dict[str, Any]:
             session = engine.new_session(generation=generation)
             events = list(engine.run_turn(session, audio=speech))
             done = events[-1]
             assert done.kind == "done", [e.text for e in events if e.kind == "error"]
             t = done.timings
+            assert t is not None and t.first_token is not None
             return {
                 "transcript_ready": t.transcript_ready,
                 "first_token": t.first_token,

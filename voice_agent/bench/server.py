@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .common import percentile
+from voice_agent.bench.common import percentile
 
 STARTUP_TIMEOUT_S = 120
 TTS_TEXT = "Hello there, how are you today?"
@@ -55,12 +55,12 @@ def _load(
 def run(quick: bool = False) -> dict:
     import httpx
 
-    from ..audio import SAMPLE_RATE, encode_wav, load_audio
-    from ..config import load_settings
-    from ..models import LoadedModels
-    from ..testing.paths import REPO_ROOT
-    from ..testing.server import ServeProcess, tiny_model_env
-    from ..testing.tiny import make_tiny_models
+    from voice_agent.audio.io import SAMPLE_RATE, encode_wav, load_audio
+    from voice_agent.core.config import load_settings
+    from voice_agent.pipeline.models import LoadedModels
+    from voice_agent.testing.paths import REPO_ROOT
+    from voice_agent.testing.server import ServeProcess, tiny_model_env
+    from voice_agent.testing.tiny import make_tiny_models
 
     # (requests with 1 client, requests with 8 clients) per route; Whisper dominates the time.
     counts = {"/health": (100, 100), "/stt": (3, 8), "/tts": (6, 16)}

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import run_isolated
+from voice_agent.bench.common import run_isolated
 
 CLIP_SECONDS = 10.0
 DECODE_TOKENS = 40
@@ -26,8 +26,8 @@ import json, time
 import numpy as np
 import torch
 torch.set_num_threads({threads})
-from voice_agent.audio import load_audio
-from voice_agent.config import load_settings
+from voice_agent.audio.io import load_audio
+from voice_agent.core.config import load_settings
 from voice_agent.stt.whisper import WhisperSTT
 from voice_agent.testing.paths import REPO_ROOT
 
@@ -68,8 +68,8 @@ def measure(path: Path, repeats: int, threads: int) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    from ..loading import count_parameters
-    from ..testing.tiny_whisper import build_shaped
+    from voice_agent.core.loading import count_parameters
+    from voice_agent.testing.tiny_whisper import build_shaped
 
     repeats = 1 if quick else 3
     # The cores this process may use (taskset/cgroups), not every core the machine has.

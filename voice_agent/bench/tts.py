@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import run_isolated
+from voice_agent.bench.common import run_isolated
 
 REPLY = (
     "Sure, I can help with that. The weather today is sunny and warm, about 25 degrees. "
@@ -38,12 +38,12 @@ DIA_MIN_FREE_GIB = 10
 VITS_CHILD = """
 import json, time, torch
 torch.set_num_threads({threads})
-from voice_agent.config import load_settings
-from voice_agent.tts.engine import Dia2TTS
+from voice_agent.core.config import load_settings
+from voice_agent.tts.engine import LocalTTS
 reply = {reply!r}
 settings = load_settings({{"HF_HUB_OFFLINE": "1", "TTS_DEVICE": "cpu"}})
 t0 = time.perf_counter()
-tts = Dia2TTS(backend="vits", model_name={model!r}, settings=settings)
+tts = LocalTTS(backend="vits", model_name={model!r}, settings=settings)
 load_s = time.perf_counter() - t0
 tts.synthesize("Warm up.")
 runs = []
@@ -88,7 +88,7 @@ print(json.dumps({{"build_s": build_s, "params": params, "step_s": step_s, "enco
 
 
 def _vits(tmp: Path, quick: bool, threads: int) -> dict[str, Any]:
-    from ..testing.tiny_vits import build_shaped
+    from voice_agent.testing.tiny_vits import build_shaped
 
     model = build_shaped(tmp / "vits-mms-shaped")
     code = VITS_CHILD.format(

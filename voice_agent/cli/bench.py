@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from ..bench.common import machine_info
+from voice_agent.bench.common import machine_info
 
 SECTIONS = ("hub", "llm", "stt", "tts", "dia2", "pipeline", "server")
 

@@ -64,7 +64,7 @@ def run_one(agent, session, out: TextIO, *, text=None, audio=None, speak_to=None
         events.close()
         print(" … (stopped)", file=out, flush=True)
     if speak_to is not None and chunks:
-        from ..audio import encode_wav
+        from voice_agent.audio.io import encode_wav
 
         speak_to.mkdir(parents=True, exist_ok=True)
         path = speak_to / f"reply-{index:03d}.wav"
@@ -94,8 +94,8 @@ def main(argv: list[str]) -> int:
         print(f"error: no such audio file: {', '.join(missing)}", file=sys.stderr)
         return 2
 
-    from ..agent import Agent
-    from ..models import get_models
+    from voice_agent.pipeline.agent import Agent
+    from voice_agent.pipeline.models import get_models
 
     print("loading models …", file=sys.stderr, flush=True)
     # Eager whatever MODEL_LOADING says: the chat needs every model before its first turn,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import env_table_markdown, get_settings
-from ..diagnostics import snapshot
+from voice_agent.core.config import env_table_markdown, get_settings
+from voice_agent.core.diagnostics import snapshot
 
 
 def render_text(snap: dict) -> str:

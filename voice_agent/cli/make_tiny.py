@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..testing.tiny import PARTS, make_tiny_models
+from voice_agent.testing.tiny import PARTS, make_tiny_models
 
 
 def main(argv: list[str]) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..config import configured_models, get_settings
-from ..hardware import probe_hardware
-from ..hub import ModelNotFoundError, ensure_model_exists
+from voice_agent.core.config import configured_models, get_settings
+from voice_agent.core.hardware import probe_hardware
+from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
 
 log = logging.getLogger(__name__)
 

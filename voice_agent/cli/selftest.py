@@ -17,8 +17,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
 
-    from ..agent import Agent
-    from ..models import get_models
+    from voice_agent.pipeline.agent import Agent
+    from voice_agent.pipeline.models import get_models
 
     models = get_models(eager=True)
     models.wait()

@@ -10,22 +10,18 @@ import argparse
 import socket
 import sys
 
-from ..config import Settings, get_settings, is_loopback
+from voice_agent.core.config import Settings, get_settings
 
 
-def bind_problem(host: str, api_key: str | None) -> str | None:
+def bind_problem(host: str, settings: Settings) -> str | None:
     """Why listening on `host` is refused, or None when it is allowed.
 
-    A non-loopback address without an API key would hand the models to anyone
-    who can reach the machine.
+    A non-loopback address without a credential would hand the models to anyone
+    who can reach the machine (`voice_agent.server.access` states the rule).
     """
-    if is_loopback(host) or api_key:
-        return None
-    return (
-        f"refusing to listen on {host} without an API key: anyone who can reach this machine "
-        "could use the models. Set MODEL_SERVER_API_KEY (clients then send "
-        "`Authorization: Bearer <key>`) or listen on 127.0.0.1."
-    )
+    from voice_agent.server.access import AccessRule, exposure_problem
+
+    return exposure_problem(host, share=False, rule=AccessRule.from_settings(settings), space=False)
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -51,14 +47,20 @@ def run(settings: Settings, host: str, port: int) -> int:
     """Start loading, then serve until interrupted; returns the exit code."""
     import uvicorn
 
-    from ..models import get_models
-    from ..server import create_app
+    from voice_agent.pipeline.models import get_models
+    from voice_agent.server.app import create_app
+    from voice_agent.server.connection import uvicorn_config
 
     models = get_models(settings, background=True)
     app = create_app(models, settings)
+    from voice_agent.server.access import AccessRule, exposure_banner
+
+    rule = AccessRule.from_settings(settings)
     print(f"voice-agent REST API on http://{host}:{port} (docs at /docs, health at /health)")
-    config = uvicorn.Config(
+    print(f"* Access: {exposure_banner(host, share=False, rule=rule, space=False)}", flush=True)
+    config = uvicorn_config(
         app,
+        settings,
         host=host,
         port=port,
         log_config=None,  # keep the entry point's logging format
@@ -96,7 +98,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    problem = bind_problem(args.host, settings.api_key)
+    problem = bind_problem(args.host, settings)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

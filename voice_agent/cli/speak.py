@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InputError, VoiceAgentError
+from voice_agent.core.errors import InputError, VoiceAgentError
 
 
 def main(argv: list[str]) -> int:
@@ -31,12 +31,12 @@ def main(argv: list[str]) -> int:
         print("error: The text is empty; there is nothing to say.", file=sys.stderr)
         return 2
 
-    from ..audio import encode_wav
-    from ..tts.engine import Dia2TTS
+    from voice_agent.audio.io import encode_wav
+    from voice_agent.tts.engine import LocalTTS
 
     try:
         t0 = time.perf_counter()
-        engine = Dia2TTS(backend=args.backend, model_name=args.model)
+        engine = LocalTTS(backend=args.backend, model_name=args.model)
         loaded = time.perf_counter() - t0
         t1 = time.perf_counter()
         rate, audio = engine.synthesize(text, voice=args.voice)

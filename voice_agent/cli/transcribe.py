@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from ..errors import InputError, VoiceAgentError
+from voice_agent.core.errors import InputError, VoiceAgentError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,14 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Exit codes: 0 transcribed, 2 bad input (corrupt file, bad language), 1 other failure."""
     args = build_parser().parse_args(argv)
-    from ..audio import load_audio
-    from ..config import SettingsError, get_settings
+    from voice_agent.audio.io import load_audio
+    from voice_agent.core.config import SettingsError, get_settings
 
     try:
         settings = get_settings()
         # Check the file before loading a model: a corrupt file fails in milliseconds.
         load_audio(args.file, max_seconds=settings.max_audio_seconds)
-        from ..stt.whisper import WhisperSTT, normalize_language
+        from voice_agent.stt.whisper import WhisperSTT, normalize_language
 
         normalize_language(args.language)
 

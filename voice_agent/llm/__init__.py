@@ -1,6 +1,6 @@
 """Instruct LLM engine. `OpenSourceLLM` is the seed's name for it (lazy import keeps this cheap)."""
 
-from .base import ChatMessage, GenerationSettings, LLMEngine, Reply, ReplyStream
+from voice_agent.llm.base import ChatMessage, GenerationSettings, LLMEngine, Reply, ReplyStream
 
 __all__ = [
     "ChatMessage",
@@ -14,7 +14,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "OpenSourceLLM":
-        from .engine import OpenSourceLLM
+        from voice_agent.llm.engine import OpenSourceLLM
 
         return OpenSourceLLM
     raise AttributeError(name)

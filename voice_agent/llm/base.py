@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, TypedDict
 
-from ..loading import LoadReport
+from voice_agent.core.loading import LoadReport
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -59,12 +59,29 @@ class ReplyStream:
         return self.reply
 
 
+@dataclass(frozen=True)
+class LLMCapabilities:
+    """What an LLM engine can do, declared by the engine when it is built (never probed).
+
+    Attributes:
+        streaming: `stream_reply` yields pieces as they are generated (False: all at the end).
+        cancel: a cancelled token stops generation within a step.
+    """
+
+    streaming: bool = True
+    cancel: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class LLMEngine(Protocol):
     """What the agent and the server need from an LLM."""
 
     model_id: str
     report: LoadReport
     context_length: int
+    capabilities: LLMCapabilities
 
     def generate_reply(
         self,

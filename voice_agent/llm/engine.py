@@ -24,23 +24,35 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cancel import is_cancelled
-from ..config import DEFAULT_LLM_CPU, DEFAULT_LLM_CUDA, Settings, configured_models, get_settings
-from ..errors import BusyError
-from ..hardware import HardwareInfo, probe_hardware
-from ..hub import ModelNotFoundError, ensure_model_exists
-from ..loading import LoadReport, explain_error, free_memory, run_chain
-from .base import ChatMessage, GenerationSettings, Reply, ReplyStream
-from .errors import GenerationError
-from .prompt import (
+from voice_agent.core.cancel import is_cancelled
+from voice_agent.core.config import (
+    DEFAULT_LLM_CPU,
+    DEFAULT_LLM_CUDA,
+    Settings,
+    configured_models,
+    get_settings,
+)
+from voice_agent.core.errors import BusyError
+from voice_agent.core.hardware import HardwareInfo, probe_hardware
+from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
+from voice_agent.core.loading import LoadReport, explain_error, free_memory, run_chain
+from voice_agent.llm.base import (
+    ChatMessage,
+    GenerationSettings,
+    LLMCapabilities,
+    Reply,
+    ReplyStream,
+)
+from voice_agent.llm.errors import GenerationError
+from voice_agent.llm.prompt import (
     FALLBACK_CHAT_TEMPLATE,
     check_generation_settings,
     fit_to_context,
     normalize_messages,
     render,
 )
-from .strategies import LLMStrategy, plan_chain, to_strategies
-from .streaming import Finished, TokenFeed, stop_signal
+from voice_agent.llm.strategies import LLMStrategy, plan_chain, to_strategies
+from voice_agent.llm.streaming import Finished, TokenFeed, stop_signal
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,8 @@ def choose_model(
 
 class OpenSourceLLM:
     """An instruct causal LM with a chat template, loaded by the fallback chain.
+
+    It streams and stops within a token of a cancel (`capabilities`).
 
     Args:
         model_name: hub id or local directory; default MODEL_SERVER_MODEL_NAME, else a model
@@ -150,6 +164,7 @@ class OpenSourceLLM:
         assert chosen is not None  # run_chain raises otherwise
         self.strategy: LLMStrategy = self._strategies[chosen.strategy]
         self.context_length = self._context_length()
+        self.capabilities = LLMCapabilities(streaming=True, cancel=True)
         report_progress(1.0, self.report.summary())
 
     # --- loading --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import InputError, InputTooLargeError, VoiceAgentError
+from voice_agent.core.errors import InputError, InputTooLargeError, VoiceAgentError
 
 
 class EmptyConversationError(InputError):

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from .base import ChatMessage, GenerationSettings, Role
-from .errors import (
+from voice_agent.llm.base import ChatMessage, GenerationSettings, Role
+from voice_agent.llm.errors import (
     EmptyConversationError,
     EmptyMessageError,
     InvalidContentError,

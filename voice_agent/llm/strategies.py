@@ -8,7 +8,7 @@ drops the quantized strategies (the CUDA chain then starts at fp16/bf16); `LLM_D
 keeps only one device's strategies.
 
 `plan_chain` decides the order from settings and the hardware probe (pure, no torch);
-`to_strategies` turns the plan into `voice_agent.loading.Strategy` values with a memory
+`to_strategies` turns the plan into `voice_agent.core.loading.Strategy` values with a memory
 estimate from the safetensors headers, the free memory now, and a reason to skip when a
 strategy cannot work here (no CUDA, bitsandbytes' native library missing).
 """
@@ -18,12 +18,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import Settings
-from ..hardware import HardwareInfo, cuda_free_bytes, probe_bitsandbytes, ram_available_bytes
-from ..loading import Strategy, estimate_bytes
+from voice_agent.core.config import Settings
+from voice_agent.core.hardware import (
+    HardwareInfo,
+    cuda_free_bytes,
+    probe_bitsandbytes,
+    ram_available_bytes,
+)
+from voice_agent.core.loading import Strategy, estimate_bytes
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +250,7 @@ def to_strategies(
                 quantization=strategy.quantization,
                 needed_bytes=needed,
                 free_bytes=free,
-                unavailable=lambda s=strategy: unavailable_reason(s, hardware),
+                unavailable=partial(unavailable_reason, strategy, hardware),
             )
         )
     return out

@@ -7,10 +7,11 @@ recognisers such as wav2vec2 CTC checkpoints). On CUDA both run in fp16 and the
 CPU fp32 pair follows as the fallback; on the CPU it is fp32 only. Every
 attempt lands in `self.report`.
 
-Audio goes through `voice_agent.audio.load_audio` (any format, any rate, mono
+Audio goes through `voice_agent.audio.io.load_audio` (any format, any rate, mono
 16 kHz) and a speech gate, so silence and noise give "" instead of Whisper's
-hallucinated "Thank you.". Audio over 30 s uses Whisper's sequential long-form
-decoding.
+hallucinated "Thank you.". A `Speech` value (what the turn passes) was decoded
+and gated by its caller already and goes straight to the model. Audio over 30 s
+uses Whisper's sequential long-form decoding.
 """
 
 from __future__ import annotations
@@ -21,24 +22,31 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, load_audio
-from ..config import DEFAULT_STT_CPU, DEFAULT_STT_CUDA, Settings, SettingsError, get_settings
-from ..errors import BusyError, InputError
-from ..hub import ModelNotFoundError, ensure_model_exists
-from ..loading import LoadReport, Strategy, estimate_bytes, run_chain
-from ..speech_gate import is_speech
-from .base import AudioInput, Transcript
+from voice_agent.audio.gate import is_speech
+from voice_agent.audio.io import SAMPLE_RATE, load_audio
+from voice_agent.core.config import (
+    ASSETS_DIR,
+    DEFAULT_STT_CPU,
+    DEFAULT_STT_CUDA,
+    Settings,
+    SettingsError,
+    get_settings,
+)
+from voice_agent.core.errors import BusyError, InputError
+from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
+from voice_agent.core.loading import LoadReport, Strategy, estimate_bytes, run_chain
+from voice_agent.stt.base import AudioInput, Speech, STTCapabilities, Transcript
 
 log = logging.getLogger(__name__)
 
 StrategyKind = Literal["manual", "pipeline"]
 CHUNK_SECONDS = 30  # Whisper's window; longer audio is decoded window by window
-WARMUP_CLIP = Path(__file__).resolve().parents[2] / "assets" / "hello.wav"
+WARMUP_CLIP = ASSETS_DIR / "hello.wav"
 WARMUP_TOKENS = 8
 WHY_CPU_DEFAULT = (
     f"{DEFAULT_STT_CPU} is the CPU default: on 2 cores it transcribes 10 s of speech in "
@@ -341,13 +349,14 @@ class WhisperSTT:
         self.report.resolved_path, self.report.source = str(resolved.path), resolved.source
         self.backend: Backend = run_chain(self.report, self._strategies(strategies))
         self.loaded_device = self.report.chosen.device if self.report.chosen else self.device
+        self.capabilities = STTCapabilities(languages=self._languages(), timestamps=True)
         if warmup:
             self.warmup()
 
     # --- loading ----------------------------------------------------------------------------
 
     def _strategies(self, kinds: Sequence[StrategyKind]) -> list[Strategy[Backend]]:
-        from ..hardware import cuda_free_bytes, ram_available_bytes
+        from voice_agent.core.hardware import cuda_free_bytes, ram_available_bytes
 
         unknown = [k for k in kinds if k not in ("manual", "pipeline")]
         if unknown:
@@ -366,7 +375,7 @@ class WhisperSTT:
                         device=device,
                         dtype=dtype,
                         load=self._loader(kind, device, dtype),
-                        needed_bytes=lambda s=storage: self._estimate(s),
+                        needed_bytes=partial(self._estimate, storage),
                         free_bytes=(
                             (lambda: cuda_free_bytes(0))
                             if device == "cuda"
@@ -490,6 +499,14 @@ class WhisperSTT:
         decoded.language = decoded.language or self._reported_language(code)
         return decoded
 
+    def _languages(self) -> tuple[str, ...]:
+        """The codes `transcribe` accepts: Whisper's languages, or English alone."""
+        if not self.backend.multilingual:
+            return ("en",)
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+        return tuple(sorted(LANGUAGES))
+
     def _reported_language(self, code: str | None) -> str | None:
         """The language a result names when decoding found none: English-only models say "en"."""
         return code or ("en" if not self.backend.multilingual else None)
@@ -498,14 +515,15 @@ class WhisperSTT:
         """Speech in `audio` as text.
 
         Args:
-            audio: anything `voice_agent.audio.load_audio` accepts.
+            audio: anything `voice_agent.audio.io.load_audio` accepts, or a `Speech`
+                (decoded and gated by the caller: neither is done again).
             language: a code or name, "auto" to detect; default STT_LANGUAGE.
 
         Returns:
             A `Transcript`; text is "" with `speech_detected=False` for silence or noise.
 
         Raises:
-            InputError: bad audio or language (see `voice_agent.audio`).
+            InputError: bad audio or language (see `voice_agent.audio.io`).
             BusyError: another transcription held the engine past `busy_timeout_s`.
         """
         return self._run(audio, language, words=False)
@@ -521,9 +539,13 @@ class WhisperSTT:
     def _run(self, audio: AudioInput, language: str | None, *, words: bool) -> Transcript:
         t0 = time.perf_counter()
         code = self._language_for(language)  # validate before decoding the audio
-        samples = load_audio(audio, max_seconds=self.settings.max_audio_seconds)
+        if isinstance(audio, Speech) and audio.sample_rate == SAMPLE_RATE:
+            samples, gated = np.asarray(audio.samples, dtype=np.float32), True
+        else:
+            samples = load_audio(audio, max_seconds=self.settings.max_audio_seconds)
+            gated = False
         duration = samples.shape[0] / SAMPLE_RATE
-        if not is_speech(samples, SAMPLE_RATE):
+        if not gated and not is_speech(samples, SAMPLE_RATE):
             log.info("stt: no speech in %.1f s of audio; skipping the model", duration)
             return Transcript(
                 text="",

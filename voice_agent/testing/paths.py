@@ -1,18 +1,15 @@
-"""Where the shared fixtures live (the Dia2 parity fixture is data, not code)."""
+"""Where the test data lives: everything is inside the repository."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-def shared_fixtures_dir() -> Path:
-    """`VOICE_AGENT_SHARED_FIXTURES`, else `<repo>/../shared/fixtures` (CI lays shared/ beside the clone)."""
-    explicit = os.environ.get("VOICE_AGENT_SHARED_FIXTURES")
-    return Path(explicit) if explicit else REPO_ROOT.parent / "shared" / "fixtures"
+# The Dia2 parity fixture (data, not code): a tiny checkpoint, tokenizer, Mimi and the
+# reference runtime's outputs for six scripts; its README says how it was made.
+DIA2_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "dia2-tiny"
 
 
 def dia2_fixture_dir() -> Path:
-    return shared_fixtures_dir() / "dia2-tiny"
+    return DIA2_FIXTURE

@@ -45,14 +45,43 @@ def tiny_model_env(tiny: Path, home: Path) -> dict[str, str]:
     }
 
 
+def _app_settings(app: Any) -> Any:
+    """The Settings of a REST app or of the app.py dispatcher around one; else the defaults."""
+    from voice_agent.core.config import load_settings
+
+    # Through wrapping middleware (`.app`) and the app.py dispatcher (`.rest`).
+    candidates: list[Any] = [app]
+    for candidate in candidates:
+        state = getattr(getattr(candidate, "state", None), "voice_agent", None)
+        if state is not None:
+            return state.settings
+        if len(candidates) < 16:
+            candidates += [getattr(candidate, n) for n in ("app", "rest") if hasattr(candidate, n)]
+    return load_settings({})
+
+
 class LiveServer:
     """A real uvicorn server for `app` on a free 127.0.0.1 port, in a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, lifespan: bool = False, settings: Any = None) -> None:
+        """`lifespan=True` runs the app's startup events (Gradio's queue needs them).
+
+        The connection limits (header time) are `settings`', else those of the REST app
+        (`create_app`'s, or the one inside `app.py`'s dispatcher), else the defaults; the
+        server is configured as `serve` and `app.py` configure theirs (`uvicorn_config`).
+        """
         import uvicorn
 
-        config = uvicorn.Config(
-            app, host=HOST, port=0, log_level="warning", lifespan="off", access_log=False
+        from voice_agent.server.connection import uvicorn_config
+
+        config = uvicorn_config(
+            app,
+            settings or _app_settings(app),
+            host=HOST,
+            port=0,
+            log_level="warning",
+            lifespan="on" if lifespan else "off",
+            access_log=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)

@@ -2,8 +2,9 @@
 
 `DIR/llm` (Qwen2 causal LM, real BPE tokenizer, ChatML template), `DIR/stt`
 (Whisper with processor), `DIR/vits` (VITS with tokenizer) and `DIR/dia2`
-(the shared Dia2 parity fixture: `dia2/`, `tokenizer/`, `mimi/`). The real
-loading code loads them as if they came from the hub.
+(the `dia2/`, `tokenizer/` and `mimi/` of the Dia2 parity fixture in
+`tests/fixtures/dia2-tiny`). The real loading code loads them as if they came
+from the hub.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .paths import dia2_fixture_dir
+from voice_agent.testing.paths import dia2_fixture_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ def build_dia2(out_dir: Path) -> Path:
     source = dia2_fixture_dir()
     if not (source / "dia2" / "config.json").is_file():
         raise FileNotFoundError(
-            f"Dia2 tiny fixture not found at {source}; set VOICE_AGENT_SHARED_FIXTURES to the "
-            "folder holding dia2-tiny/."
+            f"Dia2 tiny fixture not found at {source}; it is part of the repository "
+            "(tests/fixtures/dia2-tiny), so the checkout is incomplete."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("dia2", "tokenizer", "mimi"):
@@ -41,7 +42,7 @@ def build_dia2(out_dir: Path) -> Path:
 
 
 def _builders() -> dict[str, Callable[[Path], Path]]:
-    from . import tiny_llm, tiny_vits, tiny_whisper
+    from voice_agent.testing import tiny_llm, tiny_vits, tiny_whisper
 
     return {
         "llm": tiny_llm.build,

@@ -79,7 +79,10 @@ def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     )
     tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
     state = json.loads(tokenizer.to_str())["model"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    merges: list[tuple[str, str]] = []
+    for merge in state["merges"]:
+        first, second = merge.split(" ", 1) if isinstance(merge, str) else merge
+        merges.append((first, second))
     return state["vocab"], merges
 
 

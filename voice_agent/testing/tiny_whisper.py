@@ -96,7 +96,7 @@ def _train_bpe(text_tokens: int | None) -> tuple[dict[str, int], list[tuple[str,
         vocab[f"<|unused{i}|>"] = i
     if text_tokens is not None and len(vocab) != text_tokens:
         raise ValueError(f"trained {len(vocab)} tokens, more than the {text_tokens} asked for")
-    return vocab, merges  # type: ignore[return-value]
+    return vocab, merges
 
 
 def build_processor(out_dir: Path, *, text_tokens: int | None, languages: int = 99, mels: int = 80):

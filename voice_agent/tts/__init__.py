@@ -1,13 +1,16 @@
-"""Text to speech. `Dia2TTS` is the seed's name for the engine (lazy import keeps this cheap)."""
+"""Text to speech. `LocalTTS` is the engine (`Dia2TTS`, the seed's name, stays as an alias);
+a lazy import keeps this cheap."""
 
-from .base import AudioChunk, TTSEngine, Voice
+from typing import Any
 
-__all__ = ["AudioChunk", "TTSEngine", "Voice", "Dia2TTS"]
+from voice_agent.tts.base import AudioChunk, TTSCapabilities, TTSEngine, Voice
+
+__all__ = ["AudioChunk", "Dia2TTS", "LocalTTS", "TTSCapabilities", "TTSEngine", "Voice"]
 
 
-def __getattr__(name: str):
-    if name == "Dia2TTS":
-        from .engine import Dia2TTS
+def __getattr__(name: str) -> Any:
+    if name in ("LocalTTS", "Dia2TTS"):
+        from voice_agent.tts import engine
 
-        return Dia2TTS
+        return getattr(engine, name)
     raise AttributeError(name)

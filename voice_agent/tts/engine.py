@@ -1,6 +1,6 @@
 """The TTS engine: one interface over the backends, loaded through the shared loading chain.
 
-    tts = Dia2TTS()                       # TTS_BACKEND / TTS_MODEL_NAME / TTS_DEVICE
+    tts = LocalTTS()                      # TTS_BACKEND / TTS_MODEL_NAME / TTS_DEVICE
     rate, audio = tts.synthesize("It costs $3.50.")
     for chunk in tts.stream(llm_tokens):  # speaks before the reply is complete
         play(chunk.sample_rate, chunk.samples)
@@ -13,7 +13,9 @@ Backend choice (`TTS_BACKEND`):
 Every attempt (backend, model, device, dtype, seconds, reason) lands in
 `self.report` (a `LoadReport`); if all fail, `ModelLoadError` carries it and
 the app runs text-only. Text goes through `make_speakable` and is cut into
-pieces the backend can take; pieces are joined with short fades.
+pieces the backend can take by the one splitter (`voice_agent.tts.text.chunking`),
+as the caller's `Phrasing` says; pieces are joined with short fades. What the
+loaded backend can do is declared in `capabilities` (a `TTSCapabilities`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
-from ..cancel import is_cancelled
-from ..config import (
+from voice_agent.core.cancel import is_cancelled
+from voice_agent.core.config import (
     DEFAULT_DIA,
     DEFAULT_DIA2,
     DEFAULT_DIA2_SMALL,
@@ -37,15 +40,16 @@ from ..config import (
     Settings,
     get_settings,
 )
-from ..errors import InputTooLargeError
-from ..hardware import cuda_free_bytes, probe_hardware, ram_available_bytes
-from ..hub import ModelNotFoundError, ensure_model_exists
-from ..loading import GIB, LoadReport, Strategy, estimate_bytes, run_chain
-from .backends import NAMES, NothingToSpeakError, UnknownVoiceError, backend_class
-from .backends.base import SpeechBackend, WordTimer
-from .base import AudioChunk, Voice
-from .chunking import (
+from voice_agent.core.errors import InputTooLargeError
+from voice_agent.core.hardware import cuda_free_bytes, probe_hardware, ram_available_bytes
+from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
+from voice_agent.core.loading import GIB, LoadReport, Strategy, estimate_bytes, run_chain
+from voice_agent.tts.backends import NAMES, NothingToSpeakError, UnknownVoiceError, backend_class
+from voice_agent.tts.backends.base import SpeechBackend, WordStreamingBackend, WordTimer
+from voice_agent.tts.base import AudioChunk, TTSCapabilities, Voice
+from voice_agent.tts.text.chunking import (
     SENTENCE_PAUSE_MS,
+    Phrasing,
     check_length,
     fade_edges,
     join_audio,
@@ -53,7 +57,7 @@ from .chunking import (
     split_stream,
     split_text,
 )
-from .speakable import make_speakable
+from voice_agent.tts.text.speakable import make_speakable
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +122,9 @@ def detect_backend(ref: str, settings: Settings) -> str | None:
     return None
 
 
-class Dia2TTS:
-    """The project's TTS engine (the seed's name), whatever backend speaks.
+class LocalTTS:
+    """The project's TTS engine: runs whichever local backend (Dia2, Dia or VITS) the
+    loading chain chose, behind the `TTSEngine` Protocol (the seed called it `Dia2TTS`).
 
     Args:
         backend: "auto", "dia2", "dia" or "vits"; default `TTS_BACKEND`.
@@ -155,6 +160,13 @@ class Dia2TTS:
         self.sample_rate: int = chosen.sample_rate
         self.device: str = chosen.device
         self.dtype: str = chosen.dtype
+        self.capabilities = TTSCapabilities(
+            sample_rate=chosen.sample_rate,
+            streaming_text_in=chosen.streams_text,
+            streaming_audio_out=chosen.streams_text,
+            voices=chosen.offers_voices,
+            word_timer=chosen.uses_word_timer,
+        )
         self.report.model_ref = chosen.model_id
         self._loaded.clear()
         try:
@@ -192,14 +204,15 @@ class Dia2TTS:
                     plan.append(self._strategy("dia2", ref, "cpu", "float32", why_not=CPU_REASON))
                     self.report.notes.append(CPU_REASON + ".")
             elif kind == "dia":
+                ref = model or DEFAULT_DIA
                 if device == "cuda":
-                    plan.append(self._strategy("dia", model, "cuda", self._half()))
+                    plan.append(self._strategy("dia", ref, "cuda", self._half()))
                 else:
                     plan.append(
-                        self._strategy("dia", model, "cpu", "float32", why_not=DIA_CPU_REASON)
+                        self._strategy("dia", ref, "cpu", "float32", why_not=DIA_CPU_REASON)
                     )
             else:
-                light = model
+                light = model or DEFAULT_VITS
             plan.append(self._strategy("vits", light, "cpu", "float32"))
             return plan
         ref = model or DEFAULT_TTS[requested]
@@ -271,7 +284,7 @@ class Dia2TTS:
 
     @staticmethod
     def _fast_path_missing() -> str | None:
-        from .dia2 import Dia2Runtime
+        from voice_agent.tts.dia2 import Dia2Runtime
 
         if callable(getattr(Dia2Runtime, "enable_fast_path", None)):
             return None
@@ -297,11 +310,13 @@ class Dia2TTS:
         self, name: str, ref: str, device: str, dtype: str, variant: str | None
     ) -> SpeechBackend:
         key = (name, ref, device, dtype)
-        backend = self._loaded.pop(key, None) or backend_class(name).load(
-            ref, device=device, dtype=dtype, settings=self.settings
-        )
+        # The registry hands back classes by name; `runtime` and `fast_path` are Dia2's own.
+        backend: Any = self._loaded.pop(key, None)
+        if backend is None:
+            cls: Any = backend_class(name)
+            backend = cls.load(ref, device=device, dtype=dtype, settings=self.settings)
         if variant == "fast path":
-            runtime = backend.runtime  # type: ignore[attr-defined]
+            runtime = backend.runtime
             try:
                 runtime.enable_fast_path()
                 _warm_up(backend)
@@ -314,7 +329,7 @@ class Dia2TTS:
                 raise FastPathError(
                     f"fast path failed its warm-up ({type(exc).__name__}: {exc}); trying eager steps"
                 ) from exc
-            backend.fast_path = str(getattr(runtime, "fast_path", "fast"))  # type: ignore[attr-defined]
+            backend.fast_path = str(getattr(runtime, "fast_path", "fast"))
         elif device == "cuda":
             _warm_up(backend)  # proves the CUDA path works before the app relies on it
         return backend
@@ -330,9 +345,8 @@ class Dia2TTS:
 
     def set_word_timer(self, timer: WordTimer | None) -> None:
         """Word timings for Dia2 voice prefixes (e.g. Whisper); other backends ignore it."""
-        setter = getattr(self._backend, "set_word_timer", None)
-        if callable(setter):
-            setter(timer)
+        if self._backend.uses_word_timer:
+            cast(WordStreamingBackend, self._backend).set_word_timer(timer)
 
     def describe(self) -> dict[str, object]:
         """What is loaded, for diagnostics."""
@@ -417,14 +431,18 @@ class Dia2TTS:
         text: str | Iterable[str],
         voice: str | None = None,
         cancel: object | None = None,
+        *,
+        phrasing: Phrasing | None = None,
     ) -> Iterator[AudioChunk]:
         """Speak text that may still be arriving; chunks come as soon as they are ready.
 
-        `text` is a whole string or an iterator of pieces (LLM tokens). Dia2 takes
-        the words as they come (a phrase at a time); the other backends speak each
-        sentence once it ends. The last chunk has `final=True` (a few ms of silence).
-        A bad whole string raises here, at the call; a stream that grows past
-        MAX_TEXT_CHARS raises `InputTooLargeError` when it does.
+        `text` is a whole string or an iterator of pieces (LLM tokens). `phrasing`
+        says where the pieces are cut into what is spoken (default
+        `capabilities.phrasing`): Dia2 takes the words as they come (a phrase at a
+        time); the other backends speak each sentence once it ends. The last chunk
+        has `final=True` (a few ms of silence). A bad whole string raises here, at
+        the call; a stream that grows past MAX_TEXT_CHARS raises
+        `InputTooLargeError` when it does.
         """
         self._check_voice(voice)
         if isinstance(text, str):
@@ -438,7 +456,7 @@ class Dia2TTS:
             pieces: Iterable[str] = [text]
         else:
             pieces = text
-        return self._stream(pieces, voice, cancel)
+        return self._stream(pieces, voice, cancel, phrasing or self.capabilities.phrasing)
 
     def _bounded(self, pieces: Iterable[str]) -> Iterator[str]:
         total = 0
@@ -451,9 +469,9 @@ class Dia2TTS:
                 )
             yield piece
 
-    def _speakable_pieces(self, pieces: Iterable[str], mode: str) -> Iterator[str]:
+    def _speakable_pieces(self, pieces: Iterable[str], phrasing: Phrasing) -> Iterator[str]:
         warned = False
-        for sentence in split_stream(self._bounded(pieces), mode):  # type: ignore[arg-type]
+        for sentence in split_stream(self._bounded(pieces), phrasing=phrasing):
             spoken, foreign = self._prepare(sentence)
             if foreign and not warned:
                 self._warn_foreign(sentence)
@@ -462,16 +480,17 @@ class Dia2TTS:
                 yield from split_text(spoken, self._backend.max_chars)
 
     def _stream(
-        self, pieces: Iterable[str], voice: str | None, cancel: object | None
+        self, pieces: Iterable[str], voice: str | None, cancel: object | None, phrasing: Phrasing
     ) -> Iterator[AudioChunk]:
         rate = self.sample_rate
-        streamer = getattr(self._backend, "stream_phrases", None)
-        if callable(streamer):
-            for samples in streamer(self._speakable_pieces(pieces, "phrase"), voice, cancel):
+        phrases = self._speakable_pieces(pieces, phrasing)
+        if self._backend.streams_text:
+            streamer = cast(WordStreamingBackend, self._backend)
+            for samples in streamer.stream_phrases(phrases, voice, cancel):
                 yield AudioChunk(rate, samples)
         else:
             first = True
-            for piece in self._speakable_pieces(pieces, "sentence"):
+            for piece in phrases:
                 if is_cancelled(cancel):
                     return
                 audio = fade_edges(self._backend.synthesize(piece, voice), rate)
@@ -490,3 +509,7 @@ def _warm_up(backend: SpeechBackend) -> None:
         runtime.generate("[S1] Hello there.")
     else:
         backend.synthesize("Hello there.")
+
+
+# The seed's name, kept for code written against it.
+Dia2TTS = LocalTTS

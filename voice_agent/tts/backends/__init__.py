@@ -8,8 +8,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from ...errors import ModelUnavailableError
-from .base import NothingToSpeakError, SpeechBackend, UnknownVoiceError, WordStreamingBackend
+from voice_agent.core.errors import ModelUnavailableError
+from voice_agent.tts.backends.base import (
+    NothingToSpeakError,
+    SpeechBackend,
+    UnknownVoiceError,
+    WordStreamingBackend,
+)
 
 
 @dataclass(frozen=True)

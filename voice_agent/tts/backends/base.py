@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from ...config import Settings, get_settings
-from ...errors import InputError
-from ...hub import ensure_model_exists
-from ..base import Voice
-
-# (mono float32 audio, sample rate) -> [(word, start_s, end_s), ...]: how a voice
-# prefix learns where its words are (the app passes its Whisper engine).
-WordTimer = Callable[[np.ndarray, int], Sequence[Any]]
+from voice_agent.core.config import Settings, get_settings
+from voice_agent.core.errors import InputError
+from voice_agent.core.hub import ensure_model_exists
+from voice_agent.tts.base import Voice
+from voice_agent.tts.base import WordTimer as WordTimer  # the backends import it from here
 
 
 class NothingToSpeakError(InputError):
@@ -41,9 +38,15 @@ class SpeechBackend(Protocol):
         device / dtype: where and how it runs (for the load report).
         max_chars: the longest text one `synthesize` call takes (longer text is split).
         english_only: the model reads English only (others are warned about).
+        streams_text: it takes phrases while speaking (`WordStreamingBackend.stream_phrases`).
+        uses_word_timer: its voice prefixes take word timings (`WordStreamingBackend.set_word_timer`).
+        offers_voices: it has voices beyond "default" (`voices()` lists them).
     """
 
     name: ClassVar[str]
+    streams_text: ClassVar[bool]
+    uses_word_timer: ClassVar[bool]
+    offers_voices: ClassVar[bool]
     model_id: str
     sample_rate: int
     device: str
@@ -60,7 +63,11 @@ class SpeechBackend(Protocol):
 
 @runtime_checkable
 class WordStreamingBackend(SpeechBackend, Protocol):
-    """A backend that takes its text while speaking (Dia2)."""
+    """A backend that takes its text while speaking and voices from prefixes (Dia2)."""
+
+    def set_word_timer(self, timer: WordTimer | None) -> None:
+        """Where voice prefixes get their word timings (e.g. Whisper)."""
+        ...
 
     def stream_phrases(
         self, phrases: Iterable[str], voice: str | None = None, cancel: object | None = None

@@ -17,10 +17,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...config import DEFAULT_DIA, Settings
-from ...hub import ensure_model_exists
-from ..base import Voice
-from .base import check_single_voice, from_pretrained_kwargs, resolve_checkpoint, torch_dtype
+from voice_agent.core.config import DEFAULT_DIA, Settings
+from voice_agent.core.hub import ensure_model_exists
+from voice_agent.tts.backends.base import (
+    check_single_voice,
+    from_pretrained_kwargs,
+    resolve_checkpoint,
+    torch_dtype,
+)
+from voice_agent.tts.base import Voice
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,9 @@ class DiaBackend:
 
     name: ClassVar[str] = "dia"
     default_model: ClassVar[str] = DEFAULT_DIA
+    streams_text: ClassVar[bool] = False
+    uses_word_timer: ClassVar[bool] = False
+    offers_voices: ClassVar[bool] = False
     english_only = True
 
     def __init__(self, model, processor, model_id: str, device: str, dtype: str) -> None:

@@ -27,11 +27,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...cancel import is_cancelled
-from ...config import DEFAULT_DIA2, Settings
-from ..base import Voice
-from ..chunking import fade_edges
-from .base import UnknownVoiceError, WordTimer, resolve_checkpoint
+from voice_agent.core.cancel import is_cancelled
+from voice_agent.core.config import DEFAULT_DIA2, Settings
+from voice_agent.tts.backends.base import UnknownVoiceError, WordTimer, resolve_checkpoint
+from voice_agent.tts.base import Voice
+from voice_agent.tts.text.chunking import fade_edges
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ class Dia2Backend:
 
     name: ClassVar[str] = "dia2"
     default_model: ClassVar[str] = DEFAULT_DIA2
+    streams_text: ClassVar[bool] = True
+    uses_word_timer: ClassVar[bool] = True
+    offers_voices: ClassVar[bool] = True
     english_only = True
 
     def __init__(self, runtime, model_id: str, device: str, dtype: str, settings: Settings) -> None:
@@ -110,7 +113,7 @@ class Dia2Backend:
     ) -> Dia2Backend:
         """Load a Dia2 checkpoint: a hub id, a checkpoint folder, or a folder with
         `dia2/`, `tokenizer/` and `mimi/` (the tiny fixture's layout)."""
-        from ..dia2 import Dia2Runtime
+        from voice_agent.tts.dia2 import Dia2Runtime
 
         settings, ref, path = resolve_checkpoint(model_ref, cls.default_model, settings, ())
         model_dir = path / "dia2" if (path / "dia2" / "config.json").is_file() else path
@@ -213,7 +216,7 @@ class Dia2Backend:
         return config
 
     def _config(self, voice: str | None, *, streaming: bool = False):
-        from ..dia2 import Dia2GenerationConfig
+        from voice_agent.tts.dia2 import Dia2GenerationConfig
 
         return Dia2GenerationConfig(
             prefix=self._prefix(voice),
@@ -230,7 +233,7 @@ class Dia2Backend:
 
     def synthesize(self, text: str, voice: str | None = None) -> np.ndarray:
         """Speak `text`; a piece the context cannot hold is finished in a further utterance."""
-        from ..dia2 import ContextOverflowError
+        from voice_agent.tts.dia2 import ContextOverflowError
 
         config = self._config(voice)
         pending = deque([text])
@@ -263,7 +266,7 @@ class Dia2Backend:
         next utterance begins) at a sentence end once it holds most of
         `max_chars`, so no utterance runs into the context cap.
         """
-        from ..dia2 import TextFeed
+        from voice_agent.tts.dia2 import TextFeed
 
         config = self._config(voice, streaming=True)
         feeds: queue.Queue[object] = queue.Queue()

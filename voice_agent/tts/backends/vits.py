@@ -13,15 +13,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...config import DEFAULT_VITS, Settings
-from ..base import Voice
-from .base import (
+from voice_agent.core.config import DEFAULT_VITS, Settings
+from voice_agent.tts.backends.base import (
     NothingToSpeakError,
     check_single_voice,
     from_pretrained_kwargs,
     resolve_checkpoint,
     torch_dtype,
 )
+from voice_agent.tts.base import Voice
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ class VitsBackend:
 
     name: ClassVar[str] = "vits"
     default_model: ClassVar[str] = DEFAULT_VITS
+    streams_text: ClassVar[bool] = False
+    uses_word_timer: ClassVar[bool] = False
+    offers_voices: ClassVar[bool] = False
     english_only = True
     max_chars = MAX_CHARS
 

@@ -6,7 +6,7 @@ Public API: `Dia2Runtime.from_pretrained(...)`, `runtime.generate(script)`,
 imports torch; `voice_agent.tts` imports it lazily.
 """
 
-from .errors import (
+from voice_agent.tts.dia2.errors import (
     CheckpointMismatchError,
     ContextOverflowError,
     Dia2Error,
@@ -16,10 +16,12 @@ from .errors import (
     PrefixError,
     UnknownTagError,
 )
-from .prefix import Dia2Prefix, WordTimer
-from .runtime import Dia2GenerationConfig, Dia2Result, Dia2Runtime, InvalidSettingsError
-from .sampling import SamplingConfig
-from .streaming import Dia2Stream, TextFeed
+from voice_agent.tts.dia2.generation_config import Dia2GenerationConfig, InvalidSettingsError
+from voice_agent.tts.dia2.prefix import Dia2Prefix, WordTimer
+from voice_agent.tts.dia2.result import Dia2Result
+from voice_agent.tts.dia2.runtime import Dia2Runtime
+from voice_agent.tts.dia2.sampling import SamplingConfig
+from voice_agent.tts.dia2.streaming import Dia2Stream, TextFeed
 
 __all__ = [
     "CheckpointMismatchError",

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .config import Dia2Config
-from .errors import CheckpointMismatchError, NotADia2CheckpointError
-from .model import Dia2Model
+from voice_agent.tts.dia2.config import Dia2Config
+from voice_agent.tts.dia2.errors import CheckpointMismatchError, NotADia2CheckpointError
+from voice_agent.tts.dia2.model import Dia2Model
 
 log = logging.getLogger(__name__)
 

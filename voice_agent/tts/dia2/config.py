@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import NotADia2CheckpointError
+from voice_agent.tts.dia2.errors import NotADia2CheckpointError
 
 # One Dia2 step is one Mimi frame: 24 kHz audio at 12.5 frames per second.
 SAMPLE_RATE = 24_000

@@ -1,6 +1,6 @@
 """Errors raised by the Dia2 runtime.
 
-Input problems subclass `voice_agent.errors.InputError` so the REST layer
+Input problems subclass `voice_agent.core.errors.InputError` so the REST layer
 answers 4xx; checkpoint problems subclass `ModelLoadError`.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from voice_agent.errors import InputError, InputTooLargeError, ModelLoadError, VoiceAgentError
+from voice_agent.core.errors import InputError, InputTooLargeError, ModelLoadError, VoiceAgentError
 
 if TYPE_CHECKING:
-    from .runtime import Dia2Result
+    from voice_agent.tts.dia2.result import Dia2Result
 
 
 class Dia2Error(VoiceAgentError):

@@ -30,16 +30,19 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
-from .config import Dia2Config
-from .model import Dia2Model, KVCache, Rotary, StaticSlot
-from .sampling import SamplingConfig, cfg_filter, mask_special, sample
-
-if TYPE_CHECKING:
-    from .generator import StepSettings
+from voice_agent.tts.dia2.config import Dia2Config
+from voice_agent.tts.dia2.model import Dia2Model, KVCache, Rotary, StaticSlot
+from voice_agent.tts.dia2.sampling import (
+    SamplingConfig,
+    StepSettings,
+    cfg_filter,
+    mask_special,
+    sample,
+)
 
 log = logging.getLogger(__name__)
 

@@ -19,25 +19,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .config import MAX_PADDING, Dia2Config
-from .fast_path import DeviceStep, FastPath, StaticSteps, StepBuffers
-from .model import Dia2Model
-from .sampling import SamplingConfig
-from .script import Entry
-from .state_machine import StateMachine, TextIds, TextState
+from voice_agent.tts.dia2.config import MAX_PADDING, Dia2Config
+from voice_agent.tts.dia2.fast_path import DeviceStep, FastPath, StaticSteps, StepBuffers
+from voice_agent.tts.dia2.model import Dia2Model
+from voice_agent.tts.dia2.sampling import StepSettings
+from voice_agent.tts.dia2.script import Entry
+from voice_agent.tts.dia2.state_machine import StateMachine, TextIds, TextState
 
 StopReason = Literal["eos", "max_context", "cancelled"]
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """What the loop needs from the user's generation config."""
-
-    text: SamplingConfig
-    audio: SamplingConfig
-    cfg_scale: float
-    cfg_filter_k: int
-    initial_padding: int
 
 
 @dataclass

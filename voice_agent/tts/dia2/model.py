@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Dia2Config
+from voice_agent.tts.dia2.config import Dia2Config
 
 ACTIVATIONS = {
     "silu": F.silu,

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import FRAME_RATE, SAMPLE_RATE
-from .errors import PrefixError
-from .script import Entry, Tokenizer
+from voice_agent.tts.dia2.config import FRAME_RATE, SAMPLE_RATE
+from voice_agent.tts.dia2.errors import PrefixError
+from voice_agent.tts.dia2.script import Entry, Tokenizer
 
 # Speaker 1's word steps are shifted by 3 frames, as in the official runtime
 # (its comment: "match legacy BOS/PAD offset"); speaker 2's by speaker 1's length.

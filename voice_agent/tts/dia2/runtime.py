@@ -8,35 +8,41 @@
 The checkpoint is the official format: `config.json` + `model.safetensors`
 (official parameter names), the tokenizer of the same repo, and Mimi
 (`kyutai/mimi`) through transformers' `MimiModel`. All three are resolved by
-`voice_agent.hub.ensure_model_exists`, so offline mode and LOCAL_MODELS_DIR
+`voice_agent.core.hub.ensure_model_exists`, so offline mode and LOCAL_MODELS_DIR
 apply.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from voice_agent.cancel import is_cancelled
-from voice_agent.errors import InputError
-
-from .checkpoint import load_model
-from .config import FRAME_RATE, MAX_PADDING, SAMPLE_RATE, SAMPLES_PER_FRAME, Dia2Config, load_config
-from .errors import ContextOverflowError, NotADia2CheckpointError, PrefixError
-from .fast_path import FAST_PATHS, FastPath
-from .generator import Generation, PrefixPlan, StepSettings, StepTrace
-from .mimi_stream import MimiStreamDecoder
-from .model import Dia2Model
-from .prefix import Dia2Prefix, WordTimer, build_prefix, load_audio
-from .sampling import SamplingConfig
-from .script import Entry, ScriptParser, parse_script
-from .streaming import Dia2Stream, TextFeed
+from voice_agent.core.cancel import is_cancelled
+from voice_agent.tts.dia2.checkpoint import load_model
+from voice_agent.tts.dia2.config import (
+    FRAME_RATE,
+    MAX_PADDING,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    Dia2Config,
+    load_config,
+)
+from voice_agent.tts.dia2.errors import ContextOverflowError, NotADia2CheckpointError, PrefixError
+from voice_agent.tts.dia2.fast_path import FAST_PATHS, FastPath
+from voice_agent.tts.dia2.generation_config import Dia2GenerationConfig
+from voice_agent.tts.dia2.generator import Generation, PrefixPlan, StepTrace
+from voice_agent.tts.dia2.mimi_stream import MimiStreamDecoder
+from voice_agent.tts.dia2.model import Dia2Model
+from voice_agent.tts.dia2.prefix import Dia2Prefix, WordTimer, build_prefix, load_audio
+from voice_agent.tts.dia2.result import Dia2Result
+from voice_agent.tts.dia2.sampling import StepSettings
+from voice_agent.tts.dia2.script import Entry, ScriptParser, parse_script
+from voice_agent.tts.dia2.streaming import Dia2Stream, TextFeed
 
 log = logging.getLogger(__name__)
 
@@ -47,93 +53,11 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
-StopReason = Literal["eos", "max_context", "cancelled"]
-
-
-class InvalidSettingsError(InputError):
-    """A generation setting is out of range."""
-
-    code = "invalid_settings"
-
-
-@dataclass(frozen=True)
-class Dia2GenerationConfig:
-    """Sampling knobs (official defaults), CFG, padding, voice prefix and streaming options.
-
-    Attributes:
-        text: sampling of the pad/new-word action (temperature 0.6, top-k 50).
-        audio: sampling of the audio codes (temperature 0.8, top-k 50).
-        cfg_scale: classifier-free guidance scale; 1.0 turns CFG off (and halves the work).
-        cfg_filter_k: candidates kept by the CFG filter.
-        initial_padding: pad steps before the first word.
-        prefix: an encoded voice prefix (`Dia2Runtime.prefix(...)`).
-        include_prefix_audio: keep the prefix audio and words in the output.
-        seed: seed for sampling (None: torch's global generator).
-        on_context_overflow: "error" raises `ContextOverflowError` when the script does
-            not fit the context (with the partial result attached); "truncate" returns
-            the partial result with `stopped_by == "max_context"`.
-        text_wait_s: streaming in: how long a step waits for a word that has not arrived
-            before padding instead.
-    """
-
-    text: SamplingConfig = field(default_factory=lambda: SamplingConfig(0.6, 50))
-    audio: SamplingConfig = field(default_factory=lambda: SamplingConfig(0.8, 50))
-    cfg_scale: float = 2.0
-    cfg_filter_k: int = 50
-    initial_padding: int = 2
-    prefix: Dia2Prefix | None = None
-    include_prefix_audio: bool = False
-    seed: int | None = None
-    on_context_overflow: Literal["error", "truncate"] = "error"
-    text_wait_s: float = 0.5
-
-    def validate(self) -> None:
-        for name, s in (("text", self.text), ("audio", self.audio)):
-            if s.temperature < 0 or s.top_k < 0:
-                raise InvalidSettingsError(
-                    f"{name} sampling needs temperature >= 0 and top_k >= 0, got {s}."
-                )
-        if self.cfg_scale <= 0:
-            raise InvalidSettingsError(f"cfg_scale must be > 0, got {self.cfg_scale}.")
-        if self.cfg_filter_k < 0 or self.initial_padding < 0:
-            raise InvalidSettingsError("cfg_filter_k and initial_padding must be >= 0.")
-        if self.on_context_overflow not in ("error", "truncate"):
-            raise InvalidSettingsError("on_context_overflow must be 'error' or 'truncate'.")
-
-
-@dataclass(frozen=True)
-class Dia2Result:
-    """One utterance.
-
-    Attributes:
-        audio: float32 mono waveform at `sample_rate`, in [-1, 1].
-        audio_tokens: Mimi codes [Q, F] int64 (undelayed, prefix cropped).
-        timestamps: (word, start seconds) for each spoken word.
-        steps_run: generation steps (warm-up excluded).
-        end_step: step at which the script ran out (None if it never did).
-        stopped_by: "eos", "max_context" or "cancelled".
-        words_spoken / words_total: words consumed by the model / in the script.
-    """
-
-    audio: np.ndarray
-    sample_rate: int
-    audio_tokens: np.ndarray
-    timestamps: list[tuple[str, float]]
-    steps_run: int
-    end_step: int | None
-    stopped_by: StopReason
-    words_spoken: int = 0
-    words_total: int = 0
-    crop_frames: int = 0
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.audio) / self.sample_rate
 
 
 def resolve_dir(ref: str | Path, required: tuple[str, ...] = ("config.json",)) -> Path:
     """A local directory for a hub id or directory, through the project's model resolution."""
-    from voice_agent.hub import ensure_model_exists
+    from voice_agent.core.hub import ensure_model_exists
 
     return ensure_model_exists(str(ref), required_files=required).path
 

@@ -26,6 +26,17 @@ class SamplingConfig:
     top_k: int = 50
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """What the loop needs from the user's generation config."""
+
+    text: SamplingConfig
+    audio: SamplingConfig
+    cfg_scale: float
+    cfg_filter_k: int
+    initial_padding: int
+
+
 def cfg_filter(cond: torch.Tensor, uncond: torch.Tensor, scale: float, k: int) -> torch.Tensor:
     """Conditional logits with everything outside the guided top-k set to -inf.
 

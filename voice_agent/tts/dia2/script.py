@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from .config import FRAME_RATE
-from .errors import EmptyScriptError, NoSpeechError, UnknownTagError
+from voice_agent.tts.dia2.config import FRAME_RATE
+from voice_agent.tts.dia2.errors import EmptyScriptError, NoSpeechError, UnknownTagError
 
 BREAK = re.compile(r"<break\s+time=\"([0-9]+(?:\.[0-9]*)?)s\"\s*/?>")
 EVENT = re.compile(BREAK.pattern + r"|\s+")

@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .config import MAX_PADDING
-from .script import Entry
+from voice_agent.tts.dia2.config import MAX_PADDING
+from voice_agent.tts.dia2.script import Entry
 
 
 @dataclass(frozen=True)

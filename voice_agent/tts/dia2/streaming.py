@@ -20,18 +20,39 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from voice_agent.cancel import is_cancelled
-
-from .script import ScriptParser
-from .state_machine import TextState
+from voice_agent.core.cancel import is_cancelled
+from voice_agent.tts.dia2.script import ScriptParser
+from voice_agent.tts.dia2.state_machine import TextState
 
 if TYPE_CHECKING:
-    from .generator import Generation
-    from .runtime import Dia2GenerationConfig, Dia2Result, Dia2Runtime
+    from voice_agent.tts.dia2.generation_config import Dia2GenerationConfig
+    from voice_agent.tts.dia2.generator import Generation
+    from voice_agent.tts.dia2.mimi_stream import MimiStreamDecoder
+    from voice_agent.tts.dia2.result import Dia2Result
+
+
+class StreamRuntime(Protocol):
+    """What `Dia2Stream` needs from the runtime (`Dia2Runtime` provides it)."""
+
+    samples_per_frame: int
+
+    def stream_decoder(self) -> MimiStreamDecoder: ...
+
+    def timestamps(
+        self, gen: Generation, config: Dia2GenerationConfig
+    ) -> list[tuple[str, float]]: ...
+
+    def finish(
+        self,
+        gen: Generation,
+        config: Dia2GenerationConfig,
+        audio: np.ndarray,
+        words_total: int | None,
+    ) -> Dia2Result: ...
 
 
 class TextFeed:
@@ -80,7 +101,7 @@ class Dia2Stream(Iterator[np.ndarray]):
 
     def __init__(
         self,
-        runtime: Dia2Runtime,
+        runtime: StreamRuntime,
         generation: Generation,
         config: Dia2GenerationConfig,
         *,

@@ -1,0 +1,1 @@
+"""Foundation every layer stands on: settings, errors, cancellation, model resolution, hardware probes, the loading chain, diagnostics."""

@@ -1,0 +1,503 @@
+"""Settings: one typed, frozen object read from the environment in one place.
+
+Every environment variable the project reads is declared in `VARIABLES` below
+(name, default, meaning); README's table is generated from the same list
+(`python -m voice_agent doctor --env-table`). A bad value raises
+`SettingsError` naming the variable and the accepted values.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import os
+import warnings
+from collections.abc import Mapping, MutableMapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from voice_agent.core.errors import VoiceAgentError
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+TTSBackendName = Literal["auto", "dia2", "dia", "vits"]
+
+# The clips shipped with the project (warm-up, self-test), found from the package, not the cwd.
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+# Defaults that depend on the machine are decided by the engines; these are the
+# candidates. CUDA: the seed's choices. CPU: small models chosen from the
+# benchmark (README, "Benchmarks").
+DEFAULT_LLM_CUDA = "Qwen/Qwen2.5-7B-Instruct"
+DEFAULT_LLM_CPU = "Qwen/Qwen2.5-1.5B-Instruct"
+DEFAULT_STT_CUDA = "openai/whisper-large-v3-turbo"
+DEFAULT_STT_CPU = "openai/whisper-base.en"
+DEFAULT_DIA2 = "nari-labs/Dia2-2B"
+DEFAULT_DIA2_SMALL = "nari-labs/Dia2-1B"
+DEFAULT_DIA = "nari-labs/Dia-1.6B-0626"
+DEFAULT_VITS = "facebook/mms-tts-eng"
+DEFAULT_MIMI = "kyutai/mimi"
+DEFAULT_TTS = {"dia2": DEFAULT_DIA2, "dia": DEFAULT_DIA, "vits": DEFAULT_VITS}
+
+
+class SettingsError(VoiceAgentError, ValueError):
+    """An environment variable has a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, default (as text) and meaning."""
+
+    name: str
+    default: str | None
+    meaning: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    # Hugging Face and process environment (the seed's names).
+    Variable(
+        "HF_HOME",
+        "~/.cache/huggingface",
+        "Hugging Face cache root (models are downloaded under HF_HOME/hub).",
+    ),
+    Variable("HF_HUB_OFFLINE", "0", "1 = never touch the network; load only local files."),
+    Variable("TRANSFORMERS_OFFLINE", "0", "Same as HF_HUB_OFFLINE (transformers' name)."),
+    Variable(
+        "HF_OFFLINE",
+        "0",
+        "Legacy offline switch from the seed; the project honours it (the hub library does not).",
+    ),
+    Variable(
+        "HF_FORCE_OFFLINE",
+        "0",
+        "Legacy offline switch from the seed; the project honours it (the hub library does not).",
+    ),
+    Variable(
+        "LOCAL_MODELS_DIR",
+        "./models",
+        "Folder searched first for models: `NAME` or `ORG/NAME` under it.",
+    ),
+    Variable(
+        "OFFLOAD_FOLDER",
+        "/tmp/transformers_offload",
+        "Where accelerate offloads weights that fit neither GPU nor RAM.",
+    ),
+    Variable(
+        "PYTORCH_ALLOC_CONF",
+        "expandable_segments:True",
+        "PyTorch CUDA allocator settings (set at start when unset, to reduce fragmentation).",
+    ),
+    Variable(
+        "TOKENIZERS_PARALLELISM",
+        "false",
+        "Tokenizers' thread pool (off by default: we tokenize from worker threads).",
+    ),
+    # Models and devices.
+    Variable(
+        "MODEL_SERVER_MODEL_NAME",
+        None,
+        f"The instruct LLM (hub id or local dir). Unset: {DEFAULT_LLM_CUDA} with CUDA, {DEFAULT_LLM_CPU} on CPU.",
+    ),
+    Variable(
+        "MODEL_SERVER_PREFER_4BIT",
+        "1",
+        "1 = start the CUDA loading chain at 4-bit NF4; 0 = no quantization (start at fp16/bf16).",
+    ),
+    Variable("LLM_DEVICE", "auto", "Force the LLM's device: auto | cpu | cuda."),
+    Variable(
+        "STT_MODEL_NAME",
+        None,
+        f"Whisper model. Unset: {DEFAULT_STT_CUDA} on CUDA, {DEFAULT_STT_CPU} on CPU.",
+    ),
+    Variable(
+        "WHISPER_DEVICE",
+        "cpu",
+        "Whisper's device: cpu | cuda | auto (the seed kept Whisper on the CPU).",
+    ),
+    Variable("STT_LANGUAGE", "en", "Transcription language code, or `auto` to detect."),
+    Variable(
+        "TTS_BACKEND",
+        "auto",
+        "auto | dia2 | dia | vits. auto = Dia2 on CUDA when it fits, else VITS on CPU.",
+    ),
+    Variable(
+        "TTS_MODEL_NAME",
+        None,
+        f"TTS checkpoint for the chosen backend. Unset: {DEFAULT_DIA2} (dia2), {DEFAULT_DIA} (dia), {DEFAULT_VITS} (vits).",
+    ),
+    Variable("TTS_DEVICE", "auto", "TTS device: auto | cpu | cuda."),
+    Variable(
+        "TTS_VOICES_DIR",
+        "./assets/voices",
+        "Folder of Dia2 voice prefixes (`NAME.wav`, optional `NAME.txt`).",
+    ),
+    Variable(
+        "MODEL_LOADING",
+        "eager",
+        "eager = load every model at launch; lazy = load each on first use.",
+    ),
+    # Limits.
+    Variable("MAX_UPLOAD_MB", "25", "Largest audio upload accepted (MB)."),
+    Variable("MAX_AUDIO_SECONDS", "300", "Longest audio accepted for transcription (seconds)."),
+    Variable("MAX_TEXT_CHARS", "60000", "Longest text accepted for speech or chat (characters)."),
+    Variable(
+        "VAD_PAUSE_SECONDS", "0.6", "Hands-free mode: silence that ends the user's turn (seconds)."
+    ),
+    # Servers.
+    Variable("MODEL_SERVER_HOST", "127.0.0.1", "REST server bind address (`serve`)."),
+    Variable("MODEL_SERVER_PORT", "8000", "REST server port (`serve`)."),
+    Variable(
+        "MODEL_SERVER_API_KEY",
+        None,
+        "When set, every door (page, Gradio API, REST) but /health needs it: `Authorization: Bearer KEY`, or KEY as the password at the page's login. A credential (this or GRADIO_AUTH) is required off loopback.",
+    ),
+    Variable(
+        "GRADIO_AUTH",
+        None,
+        "Page logins as `user:password[,user:password...]`; the same credentials work as HTTP Basic auth on every door.",
+    ),
+    Variable(
+        "MODEL_SERVER_QUEUE_SIZE",
+        "4",
+        "Requests allowed to wait per engine before the server answers 503 + Retry-After.",
+    ),
+    Variable("MODEL_SERVER_TIMEOUT_S", "120", "Per-request time limit on the REST API (seconds)."),
+    Variable(
+        "MODEL_SERVER_HEADER_TIMEOUT_S",
+        "10",
+        "Time a client has to send a request's headers (seconds); a connection still without "
+        "complete headers then is closed (408).",
+    ),
+    Variable(
+        "MODEL_SERVER_BODY_TIMEOUT_S",
+        "60",
+        "Time a client has to send a REST request's body once its headers are in (seconds); "
+        "a slower or shorter body gets 408.",
+    ),
+    Variable(
+        "MODEL_SERVER_URL",
+        "http://127.0.0.1:8000",
+        "Where `voice_agent.client.http` finds the REST server.",
+    ),
+    Variable(
+        "MODEL_SERVER_REMOTE",
+        "0",
+        "1 = the app uses the models of a separate `serve` process at MODEL_SERVER_URL instead "
+        "of loading its own (models stay loaded across app restarts).",
+    ),
+    Variable(
+        "GRADIO_SERVER_NAME", "127.0.0.1", "UI bind address (0.0.0.0 inside a Hugging Face Space)."
+    ),
+    Variable("GRADIO_SERVER_PORT", "7860", "UI port."),
+    Variable(
+        "LOG_LEVEL", "INFO", "Logging level for the entry points: DEBUG | INFO | WARNING | ERROR."
+    ),
+)
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_OFFLINE", "HF_FORCE_OFFLINE")
+# Variables that apply_process_defaults() set only to mirror a legacy switch; the
+# diagnostics name the variable the user set, not the mirror.
+_MIRRORED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the project reads from the environment, parsed and checked."""
+
+    hf_home: Path
+    local_models_dir: Path
+    offload_folder: Path
+    offline: bool
+    offline_source: str | None  # the variable that switched offline mode on
+    llm_model_name: str | None  # None: the engine picks by hardware
+    prefer_4bit: bool
+    llm_device: Device
+    stt_model_name: str | None
+    whisper_device: Device
+    stt_language: str
+    tts_backend: TTSBackendName
+    tts_model_name: str | None
+    tts_device: Device
+    tts_voices_dir: Path
+    model_loading: Literal["eager", "lazy"]
+    max_upload_bytes: int
+    max_audio_seconds: float
+    max_text_chars: int
+    vad_pause_seconds: float
+    server_host: str
+    server_port: int
+    api_key: str | None = field(repr=False)
+    gradio_auth: tuple[tuple[str, str], ...] = field(repr=False)
+    server_queue_size: int
+    server_timeout_s: float
+    server_header_timeout_s: float
+    server_body_timeout_s: float
+    server_url: str
+    remote_models: bool
+    gradio_host: str
+    gradio_port: int
+    log_level: str
+
+    def public_dict(self) -> dict[str, object]:
+        """Settings as JSON-able values with secrets masked (for doctor, /health)."""
+        out: dict[str, object] = {}
+        for key, value in asdict(self).items():
+            if key == "api_key":
+                value = "***" if value else None
+            elif key == "gradio_auth":
+                value = [f"{user}:***" for user, _ in self.gradio_auth] or None
+            out[key] = str(value) if isinstance(value, Path) else value
+        return out
+
+    @property
+    def server_is_loopback(self) -> bool:
+        return is_loopback(self.server_host)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and the 127/8 and ::1 addresses."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise SettingsError(
+        f"{name}={raw!r} is not a boolean; use one of 1/true/yes/on or 0/false/no/off."
+    )
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name}={raw!r} is not valid; accepted values: {', '.join(choices)}.")
+    return value
+
+
+def _number(name: str, raw: str, kind: type, low: float, high: float) -> float | int:
+    try:
+        value: float | int = kind(raw.strip())
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}; "
+            f"accepted values: {low:g} to {high:g}."
+        ) from None
+    if not low <= value <= high:
+        raise SettingsError(
+            f"{name}={raw!r} is out of range; accepted values: {low:g} to {high:g}."
+        )
+    return value
+
+
+def _logins(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`user:password[,user:password...]` as pairs; a malformed entry names the variable."""
+    pairs: list[tuple[str, str]] = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        if not sep or not user.strip() or not password:
+            raise SettingsError(
+                f"{name} has an entry that is not `user:password` (entry {len(pairs) + 1}); "
+                "accepted values: user:password[,user:password...]."
+            )
+        pairs.append((user.strip(), password))
+    return tuple(pairs)
+
+
+def offline_from(env: Mapping[str, str]) -> tuple[bool, str | None]:
+    """Offline mode and the first variable that switched it on.
+
+    huggingface_hub reads only HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, and only
+    when it is imported; we decide here, from the environment, so behaviour does
+    not depend on import order, and pass `local_files_only=True` ourselves.
+    """
+    for name in sorted(OFFLINE_VARIABLES, key=lambda n: n in _MIRRORED):
+        raw = env.get(name)
+        if raw is not None and raw.strip().lower() in TRUE_WORDS:
+            return True, name
+    return False, None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting from `env` (default: `os.environ`)."""
+    env = os.environ if env is None else env
+    defaults = {v.name: v.default for v in VARIABLES}
+
+    def get(name: str) -> str | None:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return defaults[name]
+        return raw
+
+    def text(name: str) -> str:
+        value = get(name)
+        assert value is not None, name
+        return value
+
+    def optional(name: str) -> str | None:
+        value = get(name)
+        return value.strip() if value else None
+
+    offline, source = offline_from(env)
+    devices = ("auto", "cpu", "cuda")
+    hf_home = Path(os.path.expanduser(text("HF_HOME")))
+    return Settings(
+        hf_home=hf_home,
+        local_models_dir=Path(os.path.expanduser(text("LOCAL_MODELS_DIR"))),
+        offload_folder=Path(os.path.expanduser(text("OFFLOAD_FOLDER"))),
+        offline=offline,
+        offline_source=source,
+        llm_model_name=optional("MODEL_SERVER_MODEL_NAME"),
+        prefer_4bit=parse_bool("MODEL_SERVER_PREFER_4BIT", text("MODEL_SERVER_PREFER_4BIT")),
+        llm_device=_choice("LLM_DEVICE", text("LLM_DEVICE"), devices),  # type: ignore[arg-type]
+        stt_model_name=optional("STT_MODEL_NAME"),
+        whisper_device=_choice("WHISPER_DEVICE", text("WHISPER_DEVICE"), devices),  # type: ignore[arg-type]
+        stt_language=text("STT_LANGUAGE").strip().lower(),
+        tts_backend=_choice("TTS_BACKEND", text("TTS_BACKEND"), ("auto", "dia2", "dia", "vits")),  # type: ignore[arg-type]
+        tts_model_name=optional("TTS_MODEL_NAME"),
+        tts_device=_choice("TTS_DEVICE", text("TTS_DEVICE"), devices),  # type: ignore[arg-type]
+        tts_voices_dir=Path(os.path.expanduser(text("TTS_VOICES_DIR"))),
+        model_loading=_choice("MODEL_LOADING", text("MODEL_LOADING"), ("eager", "lazy")),  # type: ignore[arg-type]
+        max_upload_bytes=int(
+            _number("MAX_UPLOAD_MB", text("MAX_UPLOAD_MB"), float, 0.001, 10_000) * 1_000_000
+        ),
+        max_audio_seconds=float(
+            _number("MAX_AUDIO_SECONDS", text("MAX_AUDIO_SECONDS"), float, 1, 86_400)
+        ),
+        max_text_chars=int(_number("MAX_TEXT_CHARS", text("MAX_TEXT_CHARS"), int, 1, 10_000_000)),
+        vad_pause_seconds=float(
+            _number("VAD_PAUSE_SECONDS", text("VAD_PAUSE_SECONDS"), float, 0.1, 10)
+        ),
+        server_host=text("MODEL_SERVER_HOST").strip(),
+        server_port=int(_number("MODEL_SERVER_PORT", text("MODEL_SERVER_PORT"), int, 0, 65535)),
+        api_key=optional("MODEL_SERVER_API_KEY"),
+        gradio_auth=_logins("GRADIO_AUTH", optional("GRADIO_AUTH") or ""),
+        server_queue_size=int(
+            _number("MODEL_SERVER_QUEUE_SIZE", text("MODEL_SERVER_QUEUE_SIZE"), int, 0, 10_000)
+        ),
+        server_timeout_s=float(
+            _number("MODEL_SERVER_TIMEOUT_S", text("MODEL_SERVER_TIMEOUT_S"), float, 0.1, 86_400)
+        ),
+        server_header_timeout_s=float(
+            _number(
+                "MODEL_SERVER_HEADER_TIMEOUT_S",
+                text("MODEL_SERVER_HEADER_TIMEOUT_S"),
+                float,
+                0.1,
+                3_600,
+            )
+        ),
+        server_body_timeout_s=float(
+            _number(
+                "MODEL_SERVER_BODY_TIMEOUT_S",
+                text("MODEL_SERVER_BODY_TIMEOUT_S"),
+                float,
+                0.1,
+                86_400,
+            )
+        ),
+        server_url=text("MODEL_SERVER_URL").strip().rstrip("/"),
+        remote_models=parse_bool("MODEL_SERVER_REMOTE", text("MODEL_SERVER_REMOTE")),
+        gradio_host=text("GRADIO_SERVER_NAME").strip(),
+        gradio_port=int(_number("GRADIO_SERVER_PORT", text("GRADIO_SERVER_PORT"), int, 0, 65535)),
+        log_level=_choice(
+            "LOG_LEVEL", text("LOG_LEVEL"), ("debug", "info", "warning", "error")
+        ).upper(),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call `get_settings.cache_clear()`."""
+    return load_settings()
+
+
+def apply_process_defaults(env: MutableMapping[str, str] | None = None) -> None:
+    """Set process-level variables the libraries read themselves, when unset.
+
+    Called by the entry points before torch or tokenizers are imported, so the
+    allocator and tokenizer thread pool pick the values up. Legacy offline
+    switches are mirrored to HF_HUB_OFFLINE so huggingface_hub agrees with us.
+    """
+    environ = os.environ if env is None else env
+    environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+    offline, _ = offline_from(environ)
+    if offline:
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            if name not in environ:
+                environ[name] = "1"
+                _MIRRORED.add(name)
+    if environ.get("TRANSFORMERS_CACHE"):
+        warn_transformers_cache(environ["TRANSFORMERS_CACHE"])
+
+
+_warned_transformers_cache = False
+
+
+def warn_transformers_cache(value: str) -> None:
+    """Warn once that transformers 5 ignores TRANSFORMERS_CACHE."""
+    global _warned_transformers_cache
+    if _warned_transformers_cache:
+        return
+    _warned_transformers_cache = True
+    message = (
+        f"TRANSFORMERS_CACHE={value} is ignored by transformers 5; "
+        "set HF_HOME (or HF_HUB_CACHE) to choose where models are stored."
+    )
+    log.warning(message)
+    warnings.warn(message, FutureWarning, stacklevel=2)
+
+
+def env_table_markdown() -> str:
+    """README's environment table, from `VARIABLES`."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for v in VARIABLES:
+        default = f"`{v.default}`" if v.default not in (None, "") else "unset"
+        lines.append(f"| `{v.name}` | {default} | {v.meaning} |")
+    return "\n".join(lines)
+
+
+def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str]:
+    """The model each component will load, after machine-dependent defaults.
+
+    Shown by `doctor` and used by `prefetch`; the engines apply the same rules
+    (and record the reason in their load reports).
+    """
+    llm_cuda = cuda_available and settings.llm_device != "cpu"
+    llm = settings.llm_model_name or (DEFAULT_LLM_CUDA if llm_cuda else DEFAULT_LLM_CPU)
+    whisper_cuda = settings.whisper_device == "cuda" or (
+        settings.whisper_device == "auto" and cuda_available
+    )
+    stt = settings.stt_model_name or (DEFAULT_STT_CUDA if whisper_cuda else DEFAULT_STT_CPU)
+    backend = settings.tts_backend
+    if backend == "auto":
+        tts_cuda = settings.tts_device == "cuda" or (
+            settings.tts_device == "auto" and cuda_available
+        )
+        backend = "dia2" if tts_cuda else "vits"
+    default_tts = DEFAULT_TTS[backend]
+    out = {
+        "llm": llm,
+        "stt": stt,
+        "tts": settings.tts_model_name or default_tts,
+        "tts_backend": backend,
+    }
+    if backend == "dia2":
+        out["mimi"] = DEFAULT_MIMI
+    return out

@@ -1,0 +1,150 @@
+"""Speak: the reply's text -> phrases -> audio chunks, while the reply is still being written.
+
+The think stage writes the reply's pieces into a `TextFeed`; `speak` (a worker)
+hands them, as they come, to the TTS engine's `stream` under the TTS gate. Where
+the text is cut into what is spoken is one `Phrasing` for the one splitter
+(`voice_agent.tts.text.chunking`), chosen from what the engine declares:
+
+- an engine that takes text while speaking (`capabilities.streaming_text_in`,
+  Dia2) phrases it itself, a few words at a time;
+- the others speak the first phrase early (after `first_phrase_words` words, or
+  at its first clause of three words or more), then a sentence at a time, and
+  cut any run of `max_words` words without a sentence end.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+from voice_agent.core.cancel import CancelToken
+from voice_agent.core.errors import BusyError
+from voice_agent.pipeline.admission import POLL_S, EngineGate
+from voice_agent.pipeline.relay import AudioOut, Relay, SpeechFailed, StageDone
+from voice_agent.pipeline.turn import TurnClock, TurnTimings
+from voice_agent.tts.base import AudioChunk, TTSCapabilities, TTSEngine
+from voice_agent.tts.text.chunking import Phrasing
+
+log = logging.getLogger(__name__)
+
+# A reply that runs this many words without a sentence end is cut there:
+# sentence-at-a-time engines would otherwise wait for the whole run.
+MAX_UNSPOKEN_WORDS = 25
+# The first phrase is spoken once it has this many words (or a clause mark after 3):
+# time to first audio is what a listener notices most.
+FIRST_PHRASE_WORDS = 8
+
+
+class SpeechStop:
+    """The speak stage's cancel flag: the caller's token, or an abort after an LLM failure."""
+
+    def __init__(self, token: CancelToken) -> None:
+        self._token = token
+        self._abort = threading.Event()
+
+    def abort(self) -> None:
+        self._abort.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._token.cancelled or self._abort.is_set()
+
+    def is_set(self) -> bool:
+        return self.cancelled
+
+
+class TextFeed:
+    """The reply's text pieces, from the think stage (`put`, `close`) to the speak stage."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.waited_s = 0.0  # time the reader spent waiting for text (not compute)
+
+    def put(self, piece: str) -> None:
+        self._queue.put(piece)
+
+    def close(self) -> None:
+        """No more text: the reader's iterator ends after what is queued."""
+        self._queue.put(None)
+
+    def pieces(self, stop: SpeechStop) -> Iterator[str]:
+        """The pieces as they arrive, until the feed closes or `stop` is set."""
+        while not stop.cancelled:
+            w0 = time.perf_counter()
+            try:
+                piece = self._queue.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            finally:
+                self.waited_s += time.perf_counter() - w0
+            if piece is None:
+                return
+            yield piece
+
+
+def phrasing_for(
+    capabilities: TTSCapabilities, *, first_phrase_words: int, max_words: int
+) -> Phrasing | None:
+    """How the reply is cut for this engine; None leaves it to the engine (it phrases itself)."""
+    if capabilities.streaming_text_in:
+        return None
+    return Phrasing("sentence", max_words=max_words, first_phrase_words=first_phrase_words)
+
+
+def speak(
+    tts: TTSEngine,
+    gate: EngineGate,
+    feed: TextFeed,
+    relay: Relay,
+    *,
+    voice: str | None,
+    phrasing: Phrasing | None,
+    stop: SpeechStop,
+    timings: TurnTimings,
+    clock: TurnClock,
+    timeout_s: float,
+) -> None:
+    """Worker: speak the feed's text under the TTS gate and relay each audio chunk.
+
+    A failure (or a full queue) is relayed as `SpeechFailed`; the reply goes on
+    as text. Ends with `StageDone("speak")`. Records `first_audio`,
+    `last_audio`, `audio_s` and `tts_s` (the engine's time, not the waits).
+    """
+    try:
+        try:
+            held = gate.enter(timeout_s=timeout_s, cancel=stop)
+        except BusyError as exc:
+            relay.put(SpeechFailed(exc))
+            return
+        if held is None:
+            return
+        a0 = time.perf_counter()
+        chunks: Iterator[AudioChunk] | None = None
+        try:
+            chunks = tts.stream(feed.pieces(stop), voice=voice, cancel=stop, phrasing=phrasing)
+            for chunk in chunks:
+                if stop.cancelled:
+                    break
+                now = clock.elapsed()
+                if timings.first_audio is None:
+                    timings.first_audio = now
+                timings.last_audio = now
+                timings.audio_s += len(chunk.samples) / float(chunk.sample_rate)
+                relay.put(AudioOut(chunk))
+        except Exception as exc:  # the text goes on; the caller gets a notice
+            relay.put(SpeechFailed(exc))
+        finally:
+            timings.tts_s = max(0.0, time.perf_counter() - a0 - feed.waited_s)
+            close = getattr(chunks, "close", None)
+            if callable(close):
+                # Now, on this thread: the engine's own cleanup runs before the gate opens.
+                try:
+                    close()
+                except Exception:  # speech is over either way
+                    log.debug("closing the speech stream failed", exc_info=True)
+            held.release()
+    finally:
+        relay.put(StageDone("speak"))

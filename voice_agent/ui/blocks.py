@@ -1,0 +1,329 @@
+"""The Gradio app: a Conversation tab and a Diagnostics tab over one shared `Agent`.
+
+`build_ui(...)` returns the `gr.Blocks`; `app.py` mounts it beside the REST
+routes. This module is layout and event wiring; behaviour lives in
+`ui_conversation` (turns, hands-free), `ui_handlers` (the event handlers and
+the loading banner), `ui_diagnostics` (rendering the snapshot) and `ui_style`
+(CSS and theme). Only `app.py` and tests import these (they import gradio).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from voice_agent.ui import diagnostics as diag
+from voice_agent.ui.conversation import Conversation
+from voice_agent.ui.handlers import Handlers
+from voice_agent.ui.style import MIC_SVG
+
+log = logging.getLogger(__name__)
+
+TITLE = "Voice Agent"
+STATUS_POLL_S = 1.0
+TURN_CONCURRENCY = 4  # turns of different tabs that may run at once (engines serialise GPU work)
+PAUSE_AUDIO_JS = (
+    "() => { document.querySelectorAll('#reply-audio audio').forEach(a => a.pause()); }"
+)
+
+
+def build_ui(
+    agent_factory: Callable[[], Any] | None = None,
+    models: Any | None = None,
+    *,
+    snapshot: Callable[[], dict[str, Any]] | None = None,
+    pause_default: float | None = None,
+    stream_audio: bool | None = None,
+) -> gr.Blocks:
+    """Build the app.
+
+    Args:
+        agent_factory: returns the process-wide `Agent` (default `agent.get_agent`).
+        models: the cached loader's `LoadedModels`, for the loading banner and voices.
+        snapshot: the diagnostics snapshot (default `diagnostics.snapshot(models, agent)`).
+        pause_default: hands-free pause length (default `settings.vad_pause_seconds`).
+        stream_audio: stream the reply's audio as it is made; Gradio encodes the
+            stream with ffmpeg, so the default is True only when ffmpeg is on PATH
+            (otherwise the whole reply plays once it is spoken).
+    """
+    if stream_audio is None:
+        stream_audio = shutil.which("ffmpeg") is not None
+        if not stream_audio:
+            log.warning(
+                "ffmpeg not found: the reply audio plays when complete instead of streaming"
+            )
+    if agent_factory is None:
+        from voice_agent.pipeline.agent import get_agent
+
+        agent_factory = get_agent
+    if pause_default is None:
+        from voice_agent.core.config import get_settings
+
+        settings = getattr(models, "settings", None) or get_settings()
+        pause_default = settings.vad_pause_seconds
+    conversation = Conversation(
+        agent_factory, pause_default=pause_default, stream_audio=stream_audio
+    )
+
+    def take_snapshot() -> dict[str, Any]:
+        if snapshot is not None:
+            return snapshot()
+        from voice_agent.core.diagnostics import snapshot as full_snapshot
+
+        return full_snapshot(models, conversation.agent)
+
+    handlers = Handlers(conversation, models, take_snapshot)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        state = gr.State(None, delete_callback=conversation.close)
+        gr.HTML(
+            f'<div id="va-header">{MIC_SVG}<h1>{TITLE}</h1><span class="tag">Talk or type — '
+            "speech recognition, a local language model and a voice, in one process.</span></div>",
+            padding=False,
+        )
+        banner = gr.HTML("", elem_id="status-banner", visible=False, padding=False)
+        open_diag = gr.Button(
+            "Open Diagnostics →", size="sm", visible=False, elem_id="open-diagnostics"
+        )
+        timer = gr.Timer(STATUS_POLL_S, active=models is not None)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Conversation", id="conversation"):
+                c = _conversation_tab(stream_audio, pause_default)
+            with gr.Tab("Diagnostics", id="diagnostics") as diag_tab:
+                d = _diagnostics_tab()
+        trigger = gr.Number(0, visible="hidden", elem_id="utterance-trigger")
+        interrupt = gr.Number(0, visible="hidden", elem_id="interrupt-trigger")
+
+        controls = [c["system_prompt"], c["temperature"], c["max_tokens"], c["voice"]]
+        turn_out = [c["chatbot"], c["reply_audio"], c["status"]]
+        turn_opts: dict[str, Any] = {
+            "concurrency_limit": TURN_CONCURRENCY,
+            "concurrency_id": "turn",
+            "show_progress": "hidden",
+        }
+        demo.load(
+            handlers.on_load,
+            outputs=[state, *controls, banner, open_diag, timer],
+            show_progress="hidden",
+        )
+        timer.tick(
+            handlers.tick,
+            outputs=[banner, open_diag, timer, c["voice"]],
+            show_progress="hidden",
+            concurrency_limit=None,
+        )
+        send_text = [c["textbox"], state, *controls]
+        for event in (c["textbox"].submit, c["send"].click):
+            event(handlers.send_text, send_text, [*turn_out, c["textbox"]], **turn_opts).then(
+                handlers.transcript, [state], [c["download"]], show_progress="hidden"
+            )
+        for event in (c["mic"].stop_recording, c["mic"].upload):
+            event(
+                handlers.send_audio,
+                [c["mic"], state, *controls],
+                [*turn_out, c["mic"]],
+                **turn_opts,
+            ).then(handlers.transcript, [state], [c["download"]], show_progress="hidden")
+        c["stop"].click(
+            handlers.stop, [state], [c["status"]], js=PAUSE_AUDIO_JS, concurrency_limit=None
+        )
+        c["clear"].click(
+            handlers.clear,
+            [state],
+            [state, c["chatbot"], c["reply_audio"], c["status"], c["download"]],
+            js=PAUSE_AUDIO_JS,
+            concurrency_limit=None,
+        )
+        c["hands_free"].change(
+            handlers.toggle_hands_free,
+            [c["hands_free"], state],
+            [c["hf_mic"], c["hf_status"], c["mic"]],
+            show_progress="hidden",
+        )
+        c["hf_mic"].stream(
+            handlers.hear,
+            [c["hf_mic"], state, c["pause"]],
+            [c["hf_status"], trigger, interrupt],
+            stream_every=0.25,
+            time_limit=None,
+            concurrency_limit=None,
+            show_progress="hidden",
+        )
+        c["hf_mic"].stop_recording(
+            handlers.hands_free_stopped, [state], [c["hf_status"], trigger], show_progress="hidden"
+        )
+        trigger.change(handlers.hands_free_turn, [state, *controls], turn_out, **turn_opts).then(
+            handlers.transcript, [state], [c["download"]], show_progress="hidden"
+        )
+        interrupt.change(None, js=PAUSE_AUDIO_JS)
+
+        diag_out = [
+            d["overview"],
+            d["models"],
+            d["latency_summary"],
+            d["chart"],
+            d["table"],
+            d["environment"],
+            d["raw"],
+        ]
+        d["refresh"].click(handlers.refresh, outputs=diag_out, concurrency_limit=None)
+        diag_tab.select(handlers.refresh, outputs=diag_out, concurrency_limit=None)
+        open_diag.click(lambda: gr.Tabs(selected="diagnostics"), outputs=[tabs]).then(
+            handlers.refresh, outputs=diag_out
+        )
+        d["self_test"].click(
+            handlers.self_test,
+            outputs=[d["self_test_headline"], d["self_test_table"]],
+            concurrency_limit=1,
+            concurrency_id="turn",
+        )
+    demo.voice_agent_conversation = conversation  # type: ignore[attr-defined]  # for tests
+    demo.voice_agent_handlers = handlers  # type: ignore[attr-defined]
+    return demo
+
+
+def _conversation_tab(stream_audio: bool, pause_default: float) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=420):
+            c["chatbot"] = gr.Chatbot(
+                label="Conversation",
+                show_label=False,
+                height=540,
+                layout="bubble",
+                placeholder=(
+                    "**Say something or type below.**<br>Record with the microphone, "
+                    "or switch on hands-free and just talk."
+                ),
+                feedback_options=None,
+                buttons=["copy"],
+                elem_id="chat",
+                group_consecutive_messages=False,
+            )
+            with gr.Row(elem_id="composer"):
+                c["textbox"] = gr.Textbox(
+                    placeholder="Type a message and press Enter…",
+                    show_label=False,
+                    container=False,
+                    scale=6,
+                    lines=1,
+                    max_lines=6,
+                    elem_id="message",
+                    autofocus=True,
+                )
+                c["send"] = gr.Button("Send", variant="primary", scale=1, min_width=80)
+                c["stop"] = gr.Button("Stop", variant="stop", scale=1, min_width=80)
+            c["status"] = gr.Markdown("", elem_id="turn-status")
+        with gr.Column(scale=2, min_width=320, elem_id="voice-panel"):
+            c["mic"] = gr.Audio(
+                sources=["microphone", "upload"],
+                type="filepath",
+                label="Speak (record, then stop) or upload audio",
+                buttons=[],
+                elem_id="mic",
+            )
+            c["hands_free"] = gr.Checkbox(
+                label="Hands-free: talk naturally; a pause sends, talking over the reply interrupts it",
+                value=False,
+                elem_id="hands-free",
+            )
+            c["hf_mic"] = gr.Audio(
+                sources=["microphone"],
+                streaming=True,
+                label="Hands-free microphone",
+                visible=False,
+                elem_id="hands-free-mic",
+            )
+            c["hf_status"] = gr.Markdown("", elem_id="hands-free-status")
+            c["reply_audio"] = gr.Audio(
+                label="Assistant's voice",
+                streaming=stream_audio,
+                autoplay=True,
+                interactive=False,
+                elem_id="reply-audio",
+                buttons=["download"],
+            )
+            with gr.Row():
+                c["clear"] = gr.Button("Clear conversation", size="sm")
+                c["download"] = gr.DownloadButton(
+                    "Download transcript", size="sm", value=None, interactive=False
+                )
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
+                c["system_prompt"] = gr.Textbox(
+                    label="System prompt",
+                    lines=3,
+                    max_lines=8,
+                    placeholder="Empty: the assistant's default instructions.",
+                )
+                c["temperature"] = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label="Temperature")
+                c["max_tokens"] = gr.Slider(
+                    16,
+                    1024,
+                    value=256,
+                    step=16,
+                    label="Max reply length (tokens)",
+                    elem_id="max-tokens",
+                )
+                c["voice"] = gr.Dropdown(
+                    choices=[("Default", "")], value="", label="Voice", allow_custom_value=False
+                )
+                c["pause"] = gr.Slider(
+                    0.2, 2.0, value=pause_default, step=0.1, label="Hands-free pause (s)"
+                )
+    return c
+
+
+def _diagnostics_tab() -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    with gr.Row(elem_id="diag-actions"):
+        d["refresh"] = gr.Button("Refresh", size="sm", variant="secondary", scale=0, min_width=110)
+        d["self_test"] = gr.Button(
+            "Run self-test", size="sm", variant="primary", scale=0, min_width=140
+        )
+    d["overview"] = gr.HTML('<p class="diag-muted">Press Refresh.</p>', elem_id="diag-overview")
+    gr.Markdown("### Models")
+    d["models"] = gr.HTML("", elem_id="diag-models")
+    gr.Markdown("### Self-test")
+    d["self_test_headline"] = gr.Markdown(
+        "Pushes a short clip through every stage (speech recognition, reply, voice).",
+        elem_id="self-test-headline",
+    )
+    d["self_test_table"] = gr.Dataframe(
+        headers=diag.SELF_TEST_COLUMNS,
+        value=[],
+        interactive=False,
+        show_label=False,
+        wrap=True,
+        elem_id="self-test-table",
+    )
+    gr.Markdown("### Latency of recent turns")
+    d["latency_summary"] = gr.Markdown("", elem_id="latency-summary")
+    with gr.Column():
+        d["chart"] = gr.BarPlot(
+            value=None,
+            x="turn",
+            y="seconds",
+            color="stage",
+            title="Time to first audio, by stage",
+            y_title="seconds",
+            x_title="turn",
+            height=260,
+            show_label=False,
+            sort="x",
+            color_map={"hearing": "#94a3b8", "thinking": "#6366f1", "voicing": "#22c55e"},
+        )
+        d["table"] = gr.Dataframe(
+            headers=diag.TURN_COLUMNS,
+            value=[],
+            interactive=False,
+            show_label=False,
+            elem_id="latency-table",
+        )
+    gr.Markdown("### Environment")
+    d["environment"] = gr.HTML("", elem_id="diag-environment")
+    with gr.Accordion("Raw snapshot (same as GET /health)", open=False):
+        d["raw"] = gr.JSON(show_label=False)
+    return d

@@ -1,0 +1,422 @@
+"""The Conversation tab's behaviour: one `UISession` per browser tab, and the event handlers.
+
+Kept apart from the Gradio layout (`ui.py`) so tests drive every handler
+directly, with a real or a fake `Agent`. Handlers never raise into Gradio:
+bad input, a missing model or Stop with nothing running each becomes a short
+message in the chat or a toast, and the session keeps working.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voice_agent.core.cancel import CancelToken
+from voice_agent.core.errors import InputError, ModelUnavailableError, VoiceAgentError
+
+log = logging.getLogger(__name__)
+
+# A finished (or cancelled) turn waits this long for the previous one of the same
+# session to wind down before saying "still busy" (barge-in cancels, then starts anew).
+TURN_HANDOVER_S = 5.0
+# Hands-free: the assistant counts as speaking this long after its last audio chunk,
+# so its own voice leaking into the microphone needs the louder barge-in threshold.
+PLAYBACK_TAIL_S = 1.5
+# Marks a spoken message in the chat (a styled tag, not an emoji: not every system has
+# an emoji font).
+VOICE_TAG = '<span class="via-voice">voice</span>'
+
+
+@dataclass
+class Exchange:
+    """One turn as the transcript shows it."""
+
+    user: str
+    assistant: str = ""
+    latency: str = ""
+    note: str = ""  # "stopped", "interrupted", or the error shown instead of a reply
+    at: float = field(default_factory=time.time)
+
+
+class UISession:
+    """Everything one browser tab owns: its agent `Session`, chat view and microphone state.
+
+    Stored in `gr.State`; handlers mutate it in place, so a Stop click sees the
+    turn that the send handler started. Never shared between tabs.
+    """
+
+    def __init__(self, agent_session: Any) -> None:
+        self.session = agent_session
+        self.chat: list[dict[str, Any]] = []
+        self.exchanges: list[Exchange] = []
+        self.cancel: CancelToken | None = None
+        self.turn_lock = threading.Lock()
+        self.detector: Any | None = None  # vad.TurnDetector while hands-free is on
+        self.detector_pause: float | None = None
+        self.utterances: list[np.ndarray] = []
+        self.speech_ended_at: float | None = None  # perf_counter time the last utterance ended
+        self.utterance_seq = 0
+        self.interrupt_seq = 0
+        self.speaking_until = 0.0  # monotonic time the assistant's audio is expected to end
+        self.hands_free_status = ""
+
+    @property
+    def busy(self) -> bool:
+        return self.cancel is not None
+
+    def __deepcopy__(self, memo: dict) -> UISession:
+        # gr.State may deep-copy values; a session holds locks and a live turn, and
+        # must stay one object per tab.
+        return self
+
+
+@dataclass
+class TurnControls:
+    """The settings panel's values, passed to every turn."""
+
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    voice: str | None = None
+
+
+def wav_bytes(sample_rate: int, samples: np.ndarray) -> bytes:
+    """16-bit mono WAV: what Gradio's streamed audio output reads without ffmpeg's help."""
+    x = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    pcm = (x * 32767.0).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+    return out.getvalue()
+
+
+def latency_line(timings: Any, *, spoken: bool) -> str:
+    """'heard in 0.4 s · first word 0.9 s · speaking at 1.3 s' from a `TurnTimings`."""
+    if timings is None:
+        return ""
+    parts = []
+    for label, name, wanted in (
+        ("heard in", "transcript_ready", spoken),
+        ("first word", "first_token", True),
+        ("speaking at", "first_audio", True),
+    ):
+        value = getattr(timings, name, None)
+        if wanted and isinstance(value, int | float):
+            parts.append(f"{label} {value:.1f} s")
+    return " · ".join(parts)
+
+
+def friendly_error(exc: BaseException) -> str:
+    """A message for the person at the screen; never a stack trace."""
+    if isinstance(exc, VoiceAgentError):
+        text = str(exc).strip() or type(exc).__name__
+        return text[:1].upper() + text[1:]
+    return f"Something went wrong ({type(exc).__name__}). The conversation is intact; try again."
+
+
+def apply_controls(agent: Any, session: Any, controls: TurnControls) -> None:
+    """Put the settings panel's values on the agent session before a turn."""
+    if controls.system_prompt is not None and hasattr(session, "system_prompt"):
+        session.system_prompt = controls.system_prompt.strip() or None
+    if controls.voice is not None and hasattr(session, "voice"):
+        session.voice = controls.voice or None
+    generation = getattr(session, "generation", None)
+    if generation is not None:
+        changes: dict[str, Any] = {}
+        if controls.temperature is not None:
+            changes["temperature"] = float(controls.temperature)
+        if controls.max_tokens is not None:
+            changes["max_new_tokens"] = int(controls.max_tokens)
+        if changes:
+            session.generation = replace(generation, **changes)
+
+
+class Conversation:
+    """The Conversation tab's handlers over one shared agent.
+
+    Args:
+        agent_factory: returns the process-wide `Agent` (called lazily, once).
+        pause_default: hands-free pause length when the slider sends nothing.
+        transcript_dir: where transcript downloads (and whole-reply audio) are written.
+        stream_audio: yield each audio chunk as WAV bytes (Gradio's streamed player,
+            which needs ffmpeg); False: one WAV file path for the whole reply at the end.
+    """
+
+    def __init__(
+        self,
+        agent_factory: Callable[[], Any],
+        *,
+        pause_default: float = 0.6,
+        transcript_dir: Path | None = None,
+        stream_audio: bool = True,
+    ) -> None:
+        self._agent_factory = agent_factory
+        self._agent: Any | None = None
+        self._agent_lock = threading.Lock()
+        self.pause_default = pause_default
+        self.stream_audio = stream_audio
+        self.transcript_dir = transcript_dir or Path(
+            tempfile.mkdtemp(prefix="voice-agent-transcripts-")
+        )
+
+    @property
+    def agent(self) -> Any:
+        with self._agent_lock:
+            if self._agent is None:
+                self._agent = self._agent_factory()
+            return self._agent
+
+    # --- session life ------------------------------------------------------------------
+
+    def new_session(self) -> UISession:
+        return UISession(self.agent.new_session())
+
+    def ensure(self, ui: UISession | None) -> UISession:
+        return ui if isinstance(ui, UISession) else self.new_session()
+
+    def close(self, ui: UISession | None) -> None:
+        """The tab went away: stop whatever it was running."""
+        if isinstance(ui, UISession) and ui.cancel is not None:
+            ui.cancel.cancel("tab closed")
+
+    # --- turns -------------------------------------------------------------------------
+
+    def run_turn(
+        self,
+        ui: UISession,
+        controls: TurnControls,
+        *,
+        text: str | None = None,
+        audio: Any | None = None,
+        speech_ended_at: float | None = None,
+    ) -> Iterator[tuple[list[dict[str, Any]], bytes | str | None, str]]:
+        """Run one turn, yielding (chat, audio, status text).
+
+        audio: a chunk as WAV bytes when streaming, else None until the last
+        step, which carries the whole reply as a WAV file path (None when
+        nothing was spoken). The chat is the session's own list, updated in
+        place as the transcript, reply text and latency arrive.
+        """
+        spoken = audio is not None
+        if not ui.turn_lock.acquire(timeout=TURN_HANDOVER_S):
+            yield ui.chat, None, "Still answering the previous message: press Stop first."
+            return
+        token = CancelToken()
+        ui.cancel = token
+        exchange = Exchange(user="(audio)" if spoken else (text or ""))
+        user_msg = {"role": "user", "content": f"{VOICE_TAG} …" if spoken else exchange.user}
+        bot_msg: dict[str, Any] = {"role": "assistant", "content": "…"}
+        ui.chat.extend([user_msg, bot_msg])
+        ui.exchanges.append(exchange)
+        reply = ""
+        spoken_chunks: list[Any] = []  # kept only when not streaming
+        timings = None
+        problem = ""
+        finished = False
+        events: Any = None
+        try:
+            yield ui.chat, None, "Listening…" if spoken else "Thinking…"
+            agent = self.agent
+            apply_controls(agent, ui.session, controls)
+            extra = {"speech_ended_at": speech_ended_at} if speech_ended_at is not None else {}
+            events = agent.run_turn(ui.session, audio=audio, text=text, cancel=token, **extra)
+            for event in events:
+                kind = event.kind
+                if kind == "transcript":
+                    exchange.user = event.text.strip() or "(nothing heard)"
+                    user_msg["content"] = (
+                        f"{VOICE_TAG} {exchange.user}" if spoken else exchange.user
+                    )
+                    yield ui.chat, None, "Thinking…"
+                elif kind == "text":
+                    reply += event.text
+                    bot_msg["content"] = reply
+                    yield ui.chat, None, "Answering…"
+                elif kind == "audio" and event.audio is not None:
+                    chunk = event.audio
+                    seconds = len(chunk.samples) / float(chunk.sample_rate)
+                    ui.speaking_until = max(ui.speaking_until, time.monotonic()) + seconds
+                    if self.stream_audio:
+                        yield ui.chat, wav_bytes(chunk.sample_rate, chunk.samples), "Speaking…"
+                    else:
+                        spoken_chunks.append(chunk)
+                elif kind == "notice":
+                    exchange.note = event.text
+                    yield ui.chat, None, event.text
+                elif kind == "error":
+                    problem = event.text or "The turn failed."
+                    timings = event.timings or timings
+                elif kind == "done":
+                    timings = event.timings
+            finished = True
+        except (InputError, ModelUnavailableError, VoiceAgentError) as exc:
+            problem = friendly_error(exc)
+        except Exception as exc:  # a handler must not break the session; the log has details
+            log.exception("turn failed")
+            problem = friendly_error(exc)
+        finally:
+            if not finished and problem == "":
+                # Gradio closed this generator (page gone, event cancelled): stop the work.
+                token.cancel("closed")
+                close = getattr(events, "close", None)
+                if callable(close):
+                    close()
+            ui.cancel = None
+            ui.turn_lock.release()
+        exchange.assistant = reply
+        # The agent cancels the token itself when a turn ends early ("closed"); only the
+        # Stop button and barge-in count as cutting the reply short.
+        if token.reason in ("stopped", "barge-in") and not problem:
+            exchange.note = "interrupted" if token.reason == "barge-in" else "stopped"
+        if problem:
+            exchange.note = problem
+            if spoken and exchange.user == "(audio)":
+                user_msg["content"] = f"{VOICE_TAG} (audio)"
+        exchange.latency = latency_line(timings, spoken=spoken)
+        bot_msg["content"] = render_reply(exchange)
+        whole = self._reply_file(ui, spoken_chunks) if spoken_chunks else None
+        status = "Not answered: see the message above." if problem else "Ready"
+        if exchange.note in ("stopped", "interrupted"):
+            status = exchange.note.capitalize()
+        yield ui.chat, whole, status
+
+    def _reply_file(self, ui: UISession, chunks: list[Any]) -> str:
+        rate = chunks[0].sample_rate
+        samples = np.concatenate([np.asarray(c.samples, np.float32) for c in chunks])
+        path = (
+            self.transcript_dir
+            / f"reply-{getattr(ui.session, 'id', id(ui))}-{len(ui.exchanges)}.wav"
+        )
+        path.write_bytes(wav_bytes(rate, samples))
+        return str(path)
+
+    def stop(self, ui: UISession | None) -> str:
+        """Stop button: cancel this tab's turn. Returns what happened, for a toast."""
+        if not isinstance(ui, UISession) or ui.cancel is None:
+            return "Nothing is running."
+        ui.cancel.cancel("stopped")
+        try:
+            self.agent.cancel(ui.session)
+        except Exception:  # the token alone already stops the turn
+            log.debug("agent.cancel failed", exc_info=True)
+        return "Stopped."
+
+    def clear(self, ui: UISession) -> UISession:
+        """Forget the conversation (a running turn is stopped first)."""
+        if ui.cancel is not None:
+            self.stop(ui)
+        # A turn still winding down sends this list in its last updates: empty it, or the
+        # old conversation comes back on screen right after Clear.
+        ui.chat.clear()
+        fresh = self.new_session()
+        fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
+        return fresh
+
+    def transcript(self, ui: UISession) -> Path | None:
+        """Write the conversation as Markdown; None when there is nothing to write."""
+        if not ui.exchanges:
+            return None
+        lines = [f"# Conversation ({time.strftime('%Y-%m-%d %H:%M')})", ""]
+        for ex in ui.exchanges:
+            lines += [f"**You:** {ex.user}", ""]
+            if ex.assistant:
+                lines += [f"**Assistant:** {ex.assistant}", ""]
+            if ex.note:
+                lines += [f"_({ex.note})_", ""]
+            if ex.latency:
+                lines += [f"_{ex.latency}_", ""]
+        session_id = str(getattr(ui.session, "id", id(ui)))[:12]
+        path = self.transcript_dir / f"conversation-{session_id}.md"
+        path.write_text("\n".join(lines), encoding="utf-8")
+        return path
+
+    # --- hands-free ----------------------------------------------------------------------
+
+    def hear_chunk(self, ui: UISession, chunk: Any, pause_s: float | None) -> tuple[bool, bool]:
+        """Feed one microphone chunk to turn detection.
+
+        Returns (a turn ended: an utterance is queued, the user barged in: the
+        running turn was cancelled).
+        """
+        if chunk is None:
+            return False, False
+        sample_rate, samples = chunk
+        pause = float(pause_s or self.pause_default)
+        if ui.detector is None or ui.detector_pause != pause:
+            from voice_agent.audio.vad import TurnDetector
+
+            ui.detector, ui.detector_pause = TurnDetector(pause_s=pause), pause
+        detector = ui.detector
+        detector.assistant_speaking = ui.busy or time.monotonic() < ui.speaking_until
+        ended = interrupted = False
+        for event in detector.feed(np.asarray(samples), int(sample_rate)):
+            if event.kind == "speech_start":
+                ui.hands_free_status = "Hearing you…"
+            elif event.kind == "barge_in":
+                ui.speaking_until = 0.0
+                if ui.cancel is not None:
+                    ui.cancel.cancel("barge-in")
+                    try:
+                        self.agent.cancel(ui.session)
+                    except Exception:
+                        log.debug("agent.cancel failed", exc_info=True)
+                ui.interrupt_seq += 1
+                interrupted = True
+            elif event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
+                ui.utterances.append(event.audio)
+                ui.utterance_seq += 1
+                ui.speech_ended_at = time.perf_counter() - event.silence_s
+                ui.hands_free_status = "Thinking…"
+                ended = True
+        if not ended and not detector.in_speech and not ui.busy:
+            ui.hands_free_status = "Listening — just talk; a pause ends your turn."
+        return ended, interrupted
+
+    def take_utterance(self, ui: UISession) -> tuple[int, np.ndarray] | None:
+        """The queued hands-free speech (joined, 16 kHz), or None.
+
+        `ui.speech_ended_at` says when the user stopped talking (for the latency line).
+        """
+        from voice_agent.audio.vad import SAMPLE_RATE
+
+        if not ui.utterances:
+            return None
+        audio = np.concatenate(ui.utterances)
+        ui.utterances.clear()
+        return SAMPLE_RATE, audio
+
+    def stop_listening(self, ui: UISession) -> None:
+        """Hands-free switched off or the microphone stopped: drop the detector state."""
+        if ui.detector is not None:
+            ui.detector.reset()
+        ui.utterances.clear()
+        ui.hands_free_status = ""
+
+
+def render_reply(exchange: Exchange) -> str:
+    """The assistant bubble's final Markdown: reply, a note when cut short, and latency."""
+    body = exchange.assistant.strip()
+    note = exchange.note
+    parts: list[str] = []
+    if body:
+        parts.append(body + (" …" if note in ("stopped", "interrupted") else ""))
+    if note:
+        icon = "⚠ " if note not in ("stopped", "interrupted") else ""
+        parts.append(f'<span class="turn-note">{icon}{html.escape(note, quote=False)}</span>')
+    if exchange.latency:
+        parts.append(f'<span class="turn-latency">{exchange.latency}</span>')
+    return "\n\n".join(parts) or "*(no reply)*"

@@ -1,0 +1,295 @@
+"""Gradio-facing handlers: unpack component values, call `Conversation`, pack updates.
+
+Also the model-loading banner (`status_banner`). Every handler here is what an
+event in `ui.build_ui` calls; tests drive them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from voice_agent.core.spaces import gpu
+from voice_agent.ui import diagnostics as diag
+from voice_agent.ui.conversation import Conversation, TurnControls, UISession
+from voice_agent.ui.uploads import NotUploadedError, uploaded_path
+
+log = logging.getLogger(__name__)
+
+COMPONENT_NAMES = {"llm": "Language model", "stt": "Speech recognition", "tts": "Voice"}
+DEGRADED_HINTS = {
+    "llm": "No replies can be written.",
+    "stt": "Voice input is off; type instead.",
+    "tts": "Replies are text only.",
+}
+
+
+def status_banner(models: Any | None) -> tuple[str, bool, bool]:
+    """(banner HTML, degraded, still loading) from the loader's status and progress."""
+    if models is None:
+        return "", False, False
+    status: dict[str, str] = dict(getattr(models, "status", {}) or {})
+    errors: dict[str, str] = dict(getattr(models, "errors", {}) or {})
+    loading = [c for c in COMPONENT_NAMES if status.get(c, "pending") in ("pending", "loading")]
+    failed = [c for c in COMPONENT_NAMES if status.get(c) == "failed"]
+    lazy = getattr(getattr(models, "settings", None), "model_loading", "eager") == "lazy"
+    parts: list[str] = []
+    if loading and not (lazy and all(status.get(c) == "pending" for c in loading)):
+        items = []
+        for c in COMPONENT_NAMES:
+            state = status.get(c, "pending")
+            if state in ("pending", "loading"):
+                progress = getattr(models, "progress", {}) or {}
+                fraction, message = progress.get(c) or (0.0, state)
+                items.append(
+                    f'<span class="load-item"><b>{COMPONENT_NAMES[c]}</b> '
+                    f'<span class="bar"><span style="width:{fraction * 100:.0f}%"></span></span> '
+                    f"{diag.esc(message)}</span>"
+                )
+            elif state == "ready":
+                items.append(
+                    f'<span class="load-item done"><b>{COMPONENT_NAMES[c]}</b> ready</span>'
+                )
+        parts.append(
+            '<div class="banner loading"><span class="spinner"></span>'
+            f"<span>Loading models…</span>{''.join(items)}</div>"
+        )
+    if failed:
+        lines = "".join(
+            f"<li><b>{COMPONENT_NAMES[c]} is unavailable.</b> {DEGRADED_HINTS[c]} "
+            f'<span class="reason">{diag.esc(errors.get(c) or "it failed to load")}</span></li>'
+            for c in failed
+        )
+        parts.append(
+            '<div class="banner degraded"><div><b>Running in degraded mode.</b> '
+            f"See the Diagnostics tab for why and how to fix it.</div><ul>{lines}</ul></div>"
+        )
+    return "".join(parts), bool(failed), bool(loading) and not lazy
+
+
+# A lone UTF-16 surrogate (JSON's `\ud800`) can reach a handler through the Gradio API; no
+# tokenizer or JSON encoder can carry it, and kept in the chat it broke every later event.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, so it can be encoded anywhere."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+class Handlers:
+    """The app's event handlers over one `Conversation` (one per app, shared by all tabs)."""
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        models: Any | None,
+        snapshot: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.conversation = conversation
+        self.models = models
+        self.snapshot = snapshot
+        self._voices_loaded = False
+
+    # --- loading banner -------------------------------------------------------------------
+
+    def on_load(self) -> tuple[Any, ...]:
+        ui = self.conversation.new_session()
+        session = ui.session
+        generation = getattr(session, "generation", None)
+        html, degraded, loading = status_banner(self.models)
+        return (
+            ui,
+            getattr(session, "system_prompt", None) or "",
+            getattr(generation, "temperature", 0.7),
+            getattr(generation, "max_new_tokens", 256),
+            self._voice_update(),
+            gr.HTML(value=html, visible=bool(html)),
+            gr.Button(visible=degraded),
+            gr.Timer(active=loading),
+        )
+
+    def tick(self) -> tuple[Any, ...]:
+        html, degraded, loading = status_banner(self.models)
+        return (
+            gr.HTML(value=html, visible=bool(html)),
+            gr.Button(visible=degraded),
+            gr.Timer(active=loading),
+            self._voice_update(),
+        )
+
+    def _voice_update(self) -> Any:
+        tts = None
+        if self.models is not None and getattr(self.models, "status", {}).get("tts") == "ready":
+            tts = getattr(self.models, "tts", None)
+        if tts is None:
+            return gr.skip()
+        try:
+            voices = list(tts.voices())
+        except Exception:
+            log.debug("tts.voices() failed", exc_info=True)
+            return gr.skip()
+        choices = [("Default", "")] + [(v.name or v.id, v.id) for v in voices]
+        return gr.Dropdown(choices=choices)
+
+    # --- turns ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _controls(prompt: Any, temperature: Any, max_tokens: Any, voice: Any) -> TurnControls:
+        return TurnControls(
+            system_prompt=valid_text(prompt) if isinstance(prompt, str) else None,
+            temperature=float(temperature) if temperature is not None else None,
+            max_tokens=int(max_tokens) if max_tokens is not None else None,
+            voice=voice if isinstance(voice, str) else None,
+        )
+
+    @gpu
+    def send_text(self, text: str, ui: UISession | None, *controls: Any):
+        ui = self.conversation.ensure(ui)
+        text = valid_text(text if isinstance(text, str) else "").strip()
+        if not text:
+            gr.Warning("Type a message first.")
+            yield ui.chat, None, "", gr.skip()
+            return
+        first = True
+        for chat, audio, status in self.conversation.run_turn(
+            ui, self._controls(*controls), text=text
+        ):
+            yield chat, audio, status, ("" if first else gr.skip())
+            first = False
+
+    @gpu
+    def send_audio(self, path: str | None, ui: UISession | None, *controls: Any):
+        ui = self.conversation.ensure(ui)
+        if not path:
+            yield gr.skip(), None, gr.skip(), gr.skip()
+            return
+        try:
+            path = uploaded_path(path)
+        except NotUploadedError as exc:
+            log.warning("refused a file-typed input outside the upload cache")
+            gr.Warning(str(exc))
+            yield ui.chat, None, str(exc), None
+            return
+        for chat, audio, status in self.conversation.run_turn(
+            ui, self._controls(*controls), audio=path
+        ):
+            yield chat, audio, status, gr.skip()
+        yield gr.skip(), gr.skip(), gr.skip(), None  # ready for the next recording
+
+    @gpu
+    def hands_free_turn(self, ui: UISession | None, *controls: Any):
+        if not isinstance(ui, UISession):
+            return
+        audio = self.conversation.take_utterance(ui)
+        if audio is None:
+            return
+        yield from self.conversation.run_turn(
+            ui, self._controls(*controls), audio=audio, speech_ended_at=ui.speech_ended_at
+        )
+        if ui.detector is not None:
+            ui.hands_free_status = "Listening — just talk; a pause ends your turn."
+
+    def stop(self, ui: UISession | None) -> str:
+        message = self.conversation.stop(ui)
+        gr.Info(message)
+        return message if message != "Stopped." else "Stopping…"
+
+    def clear(self, ui: UISession | None) -> tuple[Any, ...]:
+        fresh = self.conversation.clear(self.conversation.ensure(ui))
+        return (
+            fresh,
+            [],
+            None,
+            "Conversation cleared.",
+            gr.DownloadButton(value=None, interactive=False),
+        )
+
+    def transcript(self, ui: UISession | None) -> Any:
+        if not isinstance(ui, UISession):
+            return gr.skip()
+        path = self.conversation.transcript(ui)
+        if path is None:
+            return gr.DownloadButton(value=None, interactive=False)
+        return gr.DownloadButton(value=str(path), interactive=True)
+
+    # --- hands-free -----------------------------------------------------------------------
+
+    def toggle_hands_free(self, on: bool, ui: UISession | None) -> tuple[Any, ...]:
+        if isinstance(ui, UISession) and not on:
+            self.conversation.stop_listening(ui)
+        hint = "Press **Record** below, then just talk." if on else ""
+        return gr.Audio(visible=bool(on)), hint, gr.Audio(visible=not on)
+
+    def hear(self, chunk: Any, ui: UISession | None, pause: Any) -> tuple[Any, ...]:
+        if not isinstance(ui, UISession):
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            ended, interrupted = self.conversation.hear_chunk(ui, chunk, pause)
+        except Exception as exc:  # a bad chunk must not end the stream
+            log.warning("hands-free chunk dropped: %s", exc)
+            return (
+                f"Could not read the microphone chunk ({type(exc).__name__}).",
+                gr.skip(),
+                gr.skip(),
+            )
+        return (
+            ui.hands_free_status,
+            ui.utterance_seq if ended else gr.skip(),
+            ui.interrupt_seq if interrupted else gr.skip(),
+        )
+
+    def hands_free_stopped(self, ui: UISession | None) -> tuple[Any, ...]:
+        if not isinstance(ui, UISession) or ui.detector is None:
+            return "", gr.skip()
+        ended = False
+        for event in ui.detector.flush():
+            if event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
+                ui.utterances.append(event.audio)
+                ui.utterance_seq += 1
+                ended = True
+        ui.hands_free_status = "Microphone off."
+        return ui.hands_free_status, ui.utterance_seq if ended else gr.skip()
+
+    # --- diagnostics ----------------------------------------------------------------------
+
+    def refresh(self) -> tuple[Any, ...]:
+        try:
+            snap = self.snapshot()
+        except Exception as exc:
+            log.exception("diagnostics snapshot failed")
+            error = f'<div class="diag-error">Could not take a snapshot: {diag.esc(exc)}</div>'
+            return error, "", "", None, [], "", {}
+        records = diag.turn_records(snap.get("turns"))
+        points = diag.chart_points(records)
+        chart = _frame(points, ["turn", "stage", "seconds"]) if points else None
+        return (
+            diag.render_overview(snap),
+            diag.render_models(snap),
+            diag.latency_summary(records),
+            chart,
+            diag.latency_rows(records),
+            diag.render_environment(snap),
+            snap,
+        )
+
+    @gpu
+    def self_test(self):
+        yield "⏳ Running the self-test…", []
+        try:
+            results = list(self.conversation.agent.self_test())
+        except Exception as exc:
+            log.exception("self-test failed")
+            yield f"❌ The self-test could not run: {diag.esc(exc)}", []
+            return
+        yield diag.self_test_headline(results), diag.self_test_rows(results)
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
+    import pandas as pd  # gradio depends on pandas; only the chart needs it
+
+    return pd.DataFrame(rows, columns=columns)
