@@ -244,3 +244,59 @@ def test_browser_degraded_mode_explains_what_is_missing(tmp_path: Path):
                 browser.close()
     finally:
         next(app, None)
+
+
+@pytest.mark.browser
+def test_browser_login_guards_the_page_and_the_page_still_works(tmp_path: Path):
+    """With a key set, the browser gets a login prompt (HTTP Basic); once logged in, every
+    request the page makes (config, queue, server-sent events) carries the login, so the
+    page works; without it nothing but a 401 comes back."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (CI installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    missing = tmp_path / "no-such-model"  # nothing loads: quick, and typing still answers
+    env = {
+        "MODEL_SERVER_MODEL_NAME": str(missing / "llm"),
+        "STT_MODEL_NAME": str(missing / "stt"),
+        "TTS_BACKEND": "vits",
+        "TTS_MODEL_NAME": str(missing / "vits"),
+        "MODEL_SERVER_API_KEY": "browser-test-key",
+        "GRADIO_AUTH": "ada:lovelace",
+    }
+    app = start_app(tmp_path, env, "browser-login-app.log")
+    base, proc, _ = next(app)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                expect.set_options(timeout=60_000)
+                deadline = time.monotonic() + START_TIMEOUT_S
+                while True:  # up once /health answers (it needs no login)
+                    try:
+                        get_json(f"{base}/health")
+                        break
+                    except (urllib.error.URLError, ConnectionError, TimeoutError):
+                        if time.monotonic() > deadline or proc.poll() is not None:
+                            raise
+                        time.sleep(0.5)
+                stranger = browser.new_page()
+                # Headless Chromium has no prompt to show: the navigation fails on the challenge.
+                with pytest.raises(Exception, match="AUTH"):
+                    stranger.goto(base, wait_until="domcontentloaded")
+
+                context = browser.new_context(
+                    http_credentials={"username": "ada", "password": "lovelace"}
+                )
+                page = context.new_page()
+                page.goto(base, wait_until="domcontentloaded")
+                expect(page.locator("#status-banner")).to_contain_text("degraded mode")
+                box = page.locator("#message textarea")
+                box.fill("Anyone there?")
+                box.press("Enter")
+                expect(page.locator("#chat")).to_contain_text("language model is not available")
+                page.screenshot(path=ARTIFACTS / "08-logged-in.png")
+            finally:
+                browser.close()
+    finally:
+        next(app, None)
