@@ -194,6 +194,9 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             hf_mic = page.locator("#hands-free-mic")
             expect(hf_mic).to_be_visible()
             hf_mic.get_by_role("button", name="Record").click()
+            # The page asked the browser for echo cancellation (ui.blocks.ECHO_SAFE_MIC_HEAD).
+            asked = page.evaluate("window.vaMicConstraints")
+            assert asked and asked["echoCancellation"] is True, asked
             # Two utterances (the pause splits them); the second may barge in on the first
             # reply. At least one spoken turn is answered, with its full latency line.
             expect(chat.locator(".via-voice")).to_have_count(2)

@@ -1,32 +1,34 @@
-"""Turn detection for hands-free talk: a streaming voice-activity detector.
+"""Turn detection for hands-free talk: when the user starts, stops, or talks over the reply.
 
 Microphone chunks (any sample rate, any dtype, mono or stereo) go in; events
 come out: `speech_start` when the user has really started talking,
 `barge_in` when that happens while the assistant is speaking, and
-`end_of_turn` (with the utterance's audio at 16 kHz) when the user has been
-quiet for the configured pause.
+`end_of_turn` (with the utterance's audio at 16 kHz) once the user has been
+quiet for the pause.
 
-How a 20 ms frame is judged:
+Each 32 ms frame gets a speech probability from the process's voice-activity
+model (`voice_activity`: Silero VAD, or the numpy detector), and two thresholds
+make a hysteresis, as in Silero's own iterator:
 
-- **Energy against an adaptive noise floor.** The floor is the minimum of the
-  (3-frame smoothed) frame energy over the last few seconds ("minimum
-  statistics"): speech always has quieter moments between syllables, so the
-  floor follows the room's noise, and a fan or hum that starts mid-stream is
-  absorbed within `floor_window_s`. A frame is *loud* when it is
-  `threshold_db` above the floor and above an absolute minimum level.
-- **Periodicity.** Voiced speech repeats at its pitch (60-400 Hz): the
-  normalised autocorrelation at some pitch lag is high. White, pink and brown
-  noise, clicks and keyboard taps are not periodic, so a run of loud frames
-  becomes speech only once it holds `min_voiced_s` of voiced frames and
-  `min_speech_s` of loud ones.
+- **Start.** A turn starts at the first frame at `start_threshold` (0.5) and is
+  confirmed once `min_speech_s` of such frames have come; a candidate that goes
+  quiet for `pause_s` before that (a click, a cough, a door) is dropped.
+- **End, measured from the audio.** Every frame at `hold_threshold` (0.35) or
+  above keeps the turn open; the turn ends when `pause_s` of stream audio has
+  passed without one. Time is counted in frames of audio fed, never from when
+  a chunk arrived, so network jitter and chunk sizes do not move the end.
+- **Short pauses do not end a turn.** A hesitation shorter than the pause
+  keeps it open; a filled pause ("uh", "um") is voiced and scores as speech;
+  trailing consonants and breathy ends sit between the thresholds and hold.
+- **Barge-in, echo-safe.** While the assistant speaks, a frame counts for the
+  user only when the echo guard (`echo.EchoGuard`, fed with the reply through
+  `play`) finds it `MARGIN_DB` louder than the echo of the reply expected in
+  it; `barge_in_min_speech_s` of such frames within `barge_in_window_s`
+  interrupt the assistant. Speech that fails the guard never starts a turn,
+  so the assistant's own voice is never transcribed as the user's.
 
-A turn ends after `pause_s` without a loud frame. Pauses shorter than that
-(between sentences) keep the turn open. A turn longer than `max_turn_s` is
-ended there, so hands-free mode never records without bound.
-
-Silero VAD would be a stronger detector, but its PyPI package pulls
-onnxruntime/torchaudio; this one is numpy only and costs about 0.1 ms per
-frame.
+A turn longer than `max_turn_s` is ended there, so hands-free mode never
+records without bound.
 """
 
 from __future__ import annotations
@@ -38,40 +40,54 @@ from typing import Any, Literal
 
 import numpy as np
 
+from voice_agent.audio.echo import EchoGuard
+from voice_agent.audio.voice_activity import (
+    FRAME,
+    FRAME_S,
+    SAMPLE_RATE,
+    VoiceActivityModel,
+    load_model,
+    to_mono_float,
+)
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000  # Hz; everything inside runs at this rate
-FRAME = 320  # samples: 20 ms at 16 kHz
-FRAME_S = FRAME / SAMPLE_RATE
-PITCH_LAGS = (SAMPLE_RATE // 400, SAMPLE_RATE // 60)  # 40..266 samples: 400 Hz down to 60 Hz
-DIGITAL_SILENCE_DB = -75.0  # floor clamp: a zero-filled stream must not make hiss "loud"
+__all__ = [
+    "FRAME",
+    "FRAME_S",
+    "SAMPLE_RATE",
+    "TurnDetector",
+    "VADConfig",
+    "VADEvent",
+    "to_mono_float",
+]
 
 VADEventKind = Literal["speech_start", "barge_in", "end_of_turn"]
 
 
 @dataclass(frozen=True)
 class VADConfig:
-    """Detector settings. Times in seconds, levels in dB (dBFS for absolute levels)."""
+    """Detector settings. Times in seconds; thresholds are speech probabilities."""
 
     pause_s: float = 0.6
     min_speech_s: float = 0.25
-    min_voiced_s: float = 0.08
-    threshold_db: float = 9.0
-    min_level_db: float = -55.0
-    voicing_threshold: float = 0.6
-    floor_window_s: float = 3.0
+    start_threshold: float = 0.5
+    hold_threshold: float = 0.35
     preroll_s: float = 0.3
     tail_s: float = 0.2
     max_turn_s: float = 300.0
-    # While the assistant speaks, its own voice may leak into the microphone:
-    # barge-in needs louder and longer speech.
-    barge_in_extra_db: float = 6.0
-    barge_in_min_speech_s: float = 0.35
+    barge_in_min_speech_s: float = 0.25
+    barge_in_window_s: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("pause_s", "min_speech_s", "floor_window_s", "max_turn_s"):
+        for name in ("pause_s", "min_speech_s", "max_turn_s", "barge_in_window_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"VADConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.hold_threshold <= self.start_threshold < 1:
+            raise ValueError(
+                "VADConfig needs 0 < hold_threshold <= start_threshold < 1, got "
+                f"{self.hold_threshold} and {self.start_threshold}"
+            )
 
 
 @dataclass
@@ -94,38 +110,8 @@ class VADEvent:
         return max(0.0, self.at_s - self.speech_end_s)
 
 
-def to_mono_float(samples: np.ndarray) -> np.ndarray:
-    """Any dtype, mono or stereo (channels first or last) -> mono float32 in [-1, 1]."""
-    x = np.asarray(samples)
-    if x.ndim == 2:
-        # Channels are the short axis (a chunk always has more samples than channels).
-        x = x.mean(axis=0 if x.shape[0] < x.shape[1] else 1)
-    elif x.ndim != 1:
-        raise ValueError(f"audio chunk must be 1-D or 2-D, got shape {x.shape}")
-    if np.issubdtype(x.dtype, np.integer):
-        scale = float(np.iinfo(x.dtype).max) + 1.0
-        return (x.astype(np.float32) / scale).astype(np.float32)
-    x = x.astype(np.float32, copy=False)
-    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def frame_energy_db(frame: np.ndarray) -> float:
-    return float(10.0 * np.log10(np.mean(np.square(frame, dtype=np.float64)) + 1e-12))
-
-
-def voicing(window: np.ndarray) -> float:
-    """Peak normalised autocorrelation over pitch lags (0 = noise-like, 1 = periodic)."""
-    x = window.astype(np.float64) - float(window.mean())
-    n = len(x)
-    spectrum = np.fft.rfft(x, 2 * n)
-    ac = np.fft.irfft(spectrum * np.conj(spectrum))[:n]
-    lo, hi = PITCH_LAGS[0], min(PITCH_LAGS[1], n - FRAME // 2)
-    lags = np.arange(lo, hi)
-    energy = np.concatenate(([0.0], np.cumsum(x * x)))
-    head = energy[n - lags]  # energy of x[: n - lag]
-    tail = energy[n] - energy[lags]  # energy of x[lag:]
-    r = ac[lags] / np.sqrt(head * tail + 1e-18)
-    return float(r.max()) if len(r) else 0.0
+def _frames(seconds: float) -> int:
+    return max(1, round(seconds / FRAME_S))
 
 
 class TurnDetector:
@@ -134,13 +120,20 @@ class TurnDetector:
     Args:
         config: thresholds; `pause_s` defaults to `settings.vad_pause_seconds`.
         pause_s: shortcut to override `config.pause_s`.
+        model: the voice-activity model; default the process's (`voice_activity.load_model`).
 
-    Feed chunks with `feed(chunk, sample_rate)`; tell it when the assistant
-    starts and stops speaking with `assistant_speaking`. Not thread-safe: one
-    detector per microphone stream.
+    Feed chunks with `feed(chunk, sample_rate)`; set `assistant_speaking` while the
+    reply plays and hand each reply chunk to `play`. Not thread-safe apart from
+    `play`: one detector per microphone stream.
     """
 
-    def __init__(self, config: VADConfig | None = None, *, pause_s: float | None = None) -> None:
+    def __init__(
+        self,
+        config: VADConfig | None = None,
+        *,
+        pause_s: float | None = None,
+        model: VoiceActivityModel | None = None,
+    ) -> None:
         if config is None:
             from voice_agent.core.config import get_settings
 
@@ -154,28 +147,29 @@ class TurnDetector:
         if pause_s is not None:
             config = VADConfig(**{**config.__dict__, "pause_s": pause_s})
         self.config = config
+        self.model = model or load_model()
         self.assistant_speaking = False
+        self.echo = EchoGuard()
         self._resampler: Any = None  # soxr.ResampleStream, made for the first odd rate
         self._in_rate: int | None = None
         self.reset()
 
     # --- public ---------------------------------------------------------------------------
 
+    @property
+    def backend(self) -> str:
+        """The voice-activity model deciding: "silero-onnx" or "numpy"."""
+        return self.model.name
+
     def reset(self) -> None:
-        """Forget everything heard so far (the noise floor too)."""
+        """Forget everything heard so far (the model's state and the echo guard too)."""
+        self._scorer = self.model.stream()
+        self.echo.reset()
         self._pending = np.zeros(0, dtype=np.float32)
-        self._prev_frame = np.zeros(FRAME, dtype=np.float32)
         self._frames = 0
-        window = max(1, int(self.config.floor_window_s / FRAME_S))
-        self._energies: deque[float] = deque(maxlen=window)
-        self._smooth: deque[float] = deque(maxlen=3)
-        self._preroll_frames = max(1, int(self.config.preroll_s / FRAME_S))
+        self._preroll_frames = _frames(self.config.preroll_s)
         self._preroll: deque[np.ndarray] = deque(maxlen=self._preroll_frames)
         self._clear_candidate()
-
-    @property
-    def noise_floor_db(self) -> float:
-        return max(min(self._energies), DIGITAL_SILENCE_DB) if self._energies else -120.0
 
     @property
     def in_speech(self) -> bool:
@@ -186,6 +180,13 @@ class TurnDetector:
     def stream_s(self) -> float:
         return self._frames * FRAME_S
 
+    def play(self, samples: np.ndarray, sample_rate: int) -> None:
+        """The assistant's audio that was just sent to the speaker (for the echo guard).
+
+        Safe to call from the thread that runs the turn while another feeds the microphone.
+        """
+        self.echo.play(samples, sample_rate)
+
     def feed(self, chunk: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[VADEvent]:
         """Process one microphone chunk; return the events it completed, in order."""
         samples = self._resample(to_mono_float(chunk), int(sample_rate))
@@ -194,9 +195,7 @@ class TurnDetector:
         events: list[VADEvent] = []
         usable = len(samples) - len(samples) % FRAME
         for start in range(0, usable, FRAME):
-            event = self._step(samples[start : start + FRAME])
-            if event is not None:
-                events.extend(event)
+            events.extend(self._step(samples[start : start + FRAME]))
         self._pending = samples[usable:].copy()
         return events
 
@@ -225,90 +224,80 @@ class TurnDetector:
     def _clear_candidate(self) -> None:
         self._confirmed = False
         self._buffer: list[np.ndarray] = []
-        self._loud_frames = 0
-        self._voiced_frames = 0
+        self._speech_frames = 0
         self._quiet_run = 0
         self._start_frame = 0
-        self._last_loud_frame = 0
-        self._barge_in_sent = False
+        self._last_speech_frame = 0
+        self._user_frames: deque[bool] = deque(maxlen=_frames(self.config.barge_in_window_s))
 
-    def _classify(self, frame: np.ndarray) -> tuple[bool, bool, float]:
-        energy = frame_energy_db(frame)
-        self._smooth.append(energy)
-        floor = self.noise_floor_db
-        extra = self.config.barge_in_extra_db if self.assistant_speaking else 0.0
-        gate = max(floor + self.config.threshold_db, self.config.min_level_db) + extra
-        loud = energy > gate
-        voiced = False
-        if loud:
-            voiced = voicing(np.concatenate((self._prev_frame, frame))) >= (
-                self.config.voicing_threshold
-            )
-        # The floor learns from the smoothed energy so single quiet frames inside words
-        # do not drag it down below the real background.
-        self._energies.append(max(float(np.mean(self._smooth)), DIGITAL_SILENCE_DB))
-        return loud, voiced, energy
-
-    def _step(self, frame: np.ndarray) -> list[VADEvent] | None:
-        loud, voiced, _ = self._classify(frame)
-        self._prev_frame = frame
+    def _step(self, frame: np.ndarray) -> list[VADEvent]:
+        cfg = self.config
+        p = self._scorer.score(frame)
+        share = self.echo.user_share(frame)
         index = self._frames
         self._frames += 1
-        cfg = self.config
-        active = self._confirmed or self._loud_frames > 0
+        speaking = self.assistant_speaking
+        # While the reply plays, speech counts only where it stands above the reply's echo.
+        user = (not speaking) or self.echo.is_user(share)
+        starts = p >= cfg.start_threshold and user
+        holds = p >= cfg.hold_threshold and (user or self._confirmed)
+        active = self._confirmed or self._speech_frames > 0
         if not active:
             self._preroll.append(frame)
-            if not loud:
-                return None
+            if not starts:
+                return []
             self._buffer = list(self._preroll)
             self._start_frame = index
         else:
             self._buffer.append(frame)
-        if loud:
-            self._loud_frames += 1
-            self._voiced_frames += int(voiced)
+        if starts:
+            self._speech_frames += 1
+        self._user_frames.append(starts)
+        if holds:
             self._quiet_run = 0
-            self._last_loud_frame = index
+            self._last_speech_frame = index
         else:
             self._quiet_run += 1
-        events: list[VADEvent] = []
         if not self._confirmed:
-            if self._quiet_run * FRAME_S >= cfg.pause_s:
-                recent = self._buffer[-self._preroll_frames :]
-                self._clear_candidate()  # too short or not voice: clicks, taps, noise bursts
-                self._preroll.clear()
-                self._preroll.extend(recent)
-                return None
-            min_speech = cfg.barge_in_min_speech_s if self.assistant_speaking else cfg.min_speech_s
-            if (
-                self._loud_frames * FRAME_S >= min_speech
-                and self._voiced_frames * FRAME_S >= cfg.min_voiced_s
-            ):
-                self._confirmed = True
-                start_s = self._start_frame * FRAME_S
-                events.append(VADEvent("speech_start", self.stream_s, speech_start_s=start_s))
-                if self.assistant_speaking:
-                    self._barge_in_sent = True
-                    events.append(VADEvent("barge_in", self.stream_s, speech_start_s=start_s))
-                    log.info("barge-in at %.2f s", self.stream_s)
-            return events or None
-        if self._quiet_run * FRAME_S >= cfg.pause_s:
+            return self._maybe_confirm(speaking)
+        if self._quiet_run >= _frames(cfg.pause_s):
             return [self._end_turn()]
         if (index - self._start_frame) * FRAME_S >= cfg.max_turn_s:
             log.info("turn reached the %.0f s limit; ending it", cfg.max_turn_s)
             return [self._end_turn()]
-        return None
+        return []
+
+    def _maybe_confirm(self, speaking: bool) -> list[VADEvent]:
+        cfg = self.config
+        if self._quiet_run >= _frames(cfg.pause_s):
+            recent = self._buffer[-self._preroll_frames :]
+            self._clear_candidate()  # too short: a click, a cough, a door
+            self._preroll.clear()
+            self._preroll.extend(recent)
+            return []
+        if speaking:
+            if sum(self._user_frames) < _frames(cfg.barge_in_min_speech_s):
+                return []
+        elif self._speech_frames < _frames(cfg.min_speech_s):
+            return []
+        self._confirmed = True
+        start_s = self._start_frame * FRAME_S
+        events = [VADEvent("speech_start", self.stream_s, speech_start_s=start_s)]
+        if speaking:
+            events.append(VADEvent("barge_in", self.stream_s, speech_start_s=start_s))
+            log.info("barge-in at %.2f s (%s)", self.stream_s, self.backend)
+        return events
 
     def _end_turn(self) -> VADEvent:
         cfg = self.config
-        tail = int(cfg.tail_s / FRAME_S)
+        tail = _frames(cfg.tail_s)
         keep = len(self._buffer) - max(0, self._quiet_run - tail)
         audio = np.concatenate(self._buffer[:keep]) if keep > 0 else np.zeros(0, np.float32)
         event = VADEvent(
             "end_of_turn",
             self.stream_s,
             speech_start_s=self._start_frame * FRAME_S,
-            speech_end_s=(self._last_loud_frame + 1) * FRAME_S,
+            speech_end_s=(self._last_speech_frame + 1) * FRAME_S,
             audio=audio.astype(np.float32, copy=False),
         )
         log.debug("end of turn: %.2f s of speech", event.speech_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from voice_agent.audio import voice_activity  # noqa: F401  (adds its diagnostics section)
 from voice_agent.core.config import env_table_markdown, get_settings
 from voice_agent.core.diagnostics import snapshot
 
@@ -41,6 +42,11 @@ def render_text(snap: dict) -> str:
         )
         backend = f" [{entry['backend']}]" if entry.get("backend") else ""
         lines.append(f"{component}{backend}: {entry['configured']} -> {where}")
+    vad = snap.get("voice_activity") or {}
+    if vad:
+        in_use = vad.get("in_use") or f"{vad.get('would_use')} (loads on first use)"
+        reason = f": {vad['reason']}" if vad.get("reason") else ""
+        lines.append(f"voice activity: {in_use}{reason}")
     lines.append("")
     lines.append(
         "ready: yes"

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 TTSBackendName = Literal["auto", "dia2", "dia", "vits"]
+VADBackendName = Literal["auto", "numpy"]
 
 # The clips shipped with the project (warm-up, self-test), found from the package, not the cwd.
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -149,6 +150,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "VAD_PAUSE_SECONDS", "0.6", "Hands-free mode: silence that ends the user's turn (seconds)."
     ),
+    Variable(
+        "VAD_BACKEND",
+        "auto",
+        "Voice activity (speech gate, hands-free, barge-in): auto = Silero VAD when it loads, else the numpy detector; numpy = the numpy detector only.",
+    ),
     # Servers.
     Variable("MODEL_SERVER_HOST", "127.0.0.1", "REST server bind address (`serve`)."),
     Variable("MODEL_SERVER_PORT", "8000", "REST server port (`serve`)."),
@@ -230,6 +236,7 @@ class Settings:
     max_audio_seconds: float
     max_text_chars: int
     vad_pause_seconds: float
+    vad_backend: VADBackendName
     server_host: str
     server_port: int
     api_key: str | None = field(repr=False)
@@ -383,6 +390,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vad_pause_seconds=float(
             _number("VAD_PAUSE_SECONDS", text("VAD_PAUSE_SECONDS"), float, 0.1, 10)
         ),
+        vad_backend=_choice("VAD_BACKEND", text("VAD_BACKEND"), ("auto", "numpy")),  # type: ignore[arg-type]
         server_host=text("MODEL_SERVER_HOST").strip(),
         server_port=int(_number("MODEL_SERVER_PORT", text("MODEL_SERVER_PORT"), int, 0, 65535)),
         api_key=optional("MODEL_SERVER_API_KEY"),

@@ -2,7 +2,8 @@
 
 Cheap by design: it reads cached probes and the loader's records and runs no
 model. Keys: `ok`, `settings`, `hardware`, `offline`, `bitsandbytes`,
-`models`, `versions`, `turns`.
+`models`, `versions`, `turns`, and one key per section a lower layer added with
+`add_section` (`voice_activity`: the detector in use and why).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import os
 import platform
 import time
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -32,7 +34,18 @@ PACKAGES = (
     "av",
     "soxr",
     "safetensors",
+    "onnxruntime",
+    "silero-vad",
 )
+
+
+# Sections the layers above core add to every snapshot (core cannot import them).
+SECTIONS: dict[str, Callable[[], Any]] = {}
+
+
+def add_section(name: str, info: Callable[[], Any]) -> None:
+    """Include `info()` under `name` in every snapshot; `info` must be cheap (no model runs)."""
+    SECTIONS[name] = info
 
 
 @functools.lru_cache(maxsize=1)
@@ -139,4 +152,5 @@ def snapshot(
         "models": info,
         "versions": versions(),
         "turns": agent.recent_timings() if agent is not None else None,
+        **{name: info() for name, info in SECTIONS.items()},
     }

@@ -30,6 +30,28 @@ PAUSE_AUDIO_JS = (
     "() => { document.querySelectorAll('#reply-audio audio').forEach(a => a.pause()); }"
 )
 
+# Every microphone the page opens asks the browser for echo cancellation (and noise
+# suppression, automatic gain): Gradio's recorder asks for `{audio: true}`, which leaves
+# them to the browser's defaults. Explicit values Gradio passes (a device id) are kept.
+# Mounted as the page's <head> by app.py; the server-side guard is audio/echo.py.
+ECHO_SAFE_MIC_HEAD = """<script>
+(() => {
+  const md = navigator.mediaDevices;
+  if (!md || !md.getUserMedia || md.vaEchoSafe) return;
+  const open = md.getUserMedia.bind(md);
+  const wanted = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+  md.getUserMedia = (constraints) => {
+    if (constraints && constraints.audio) {
+      const asked = constraints.audio === true ? {} : constraints.audio;
+      constraints = { ...constraints, audio: { ...wanted, ...asked } };
+      window.vaMicConstraints = constraints.audio;
+    }
+    return open(constraints);
+  };
+  md.vaEchoSafe = true;
+})();
+</script>"""
+
 
 def build_ui(
     agent_factory: Callable[[], Any] | None = None,

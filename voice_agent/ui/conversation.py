@@ -250,6 +250,9 @@ class Conversation:
                     chunk = event.audio
                     seconds = len(chunk.samples) / float(chunk.sample_rate)
                     ui.speaking_until = max(ui.speaking_until, time.monotonic()) + seconds
+                    if ui.detector is not None:
+                        # The echo guard learns what the speaker plays (vad.TurnDetector.play).
+                        ui.detector.play(chunk.samples, chunk.sample_rate)
                     if self.stream_audio:
                         yield ui.chat, wav_bytes(chunk.sample_rate, chunk.samples), "Speaking…"
                     else:

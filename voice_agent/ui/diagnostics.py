@@ -13,7 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 GIB = 1024**3
-COMPONENT_TITLES = {"llm": "Language model", "stt": "Speech recognition", "tts": "Voice"}
+COMPONENT_TITLES = {
+    "llm": "Language model",
+    "stt": "Speech recognition",
+    "tts": "Voice",
+    "vad": "Voice activity",
+}
 # The stacked chart splits each turn's time to first audio into these stages.
 CHART_STAGES = ("hearing", "thinking", "voicing")
 TURN_COLUMNS = [
@@ -91,6 +96,17 @@ def render_overview(snap: Mapping[str, Any]) -> str:
     else:
         cards.append(_card("Offline", "off", "models may be downloaded from the Hub"))
     status = "ready" if snap.get("ok") else "degraded"
+    vad = snap.get("voice_activity") or {}
+    if vad:
+        in_use = vad.get("in_use") or vad.get("would_use")
+        cards.append(
+            _card(
+                "Voice activity",
+                esc(in_use),
+                esc(vad.get("reason") or ("in use" if vad.get("in_use") else "loads on first use")),
+                "" if in_use == "silero-onnx" else "warn",
+            )
+        )
     cards.append(
         _card(
             "Status",
@@ -198,7 +214,11 @@ def _found(entry: Mapping[str, Any]) -> bool:
 
 
 def render_models(snap: Mapping[str, Any]) -> str:
-    models = snap.get("models") or {}
+    models = dict(snap.get("models") or {})
+    vad = snap.get("voice_activity") or {}
+    if vad.get("report"):
+        # The voice-activity model: the speech gate, hands-free turns and barge-in.
+        models["vad"] = {"status": vad.get("status"), "report": vad["report"]}
     return (
         '<div class="model-grid">'
         + "".join(render_model(name, entry) for name, entry in models.items())
