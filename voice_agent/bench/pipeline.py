@@ -61,8 +61,13 @@ class ScriptedLLM:
         self.capabilities = llm.capabilities
 
     def _script(self, generated):
-        for k, _ in enumerate(generated):
-            yield self.pieces[k] if k < len(self.pieces) else ""
+        try:
+            for k, _ in enumerate(generated):
+                if k >= len(self.pieces):
+                    break  # the script is said: stop generating for nobody
+                yield self.pieces[k]
+        finally:
+            generated.close()
 
     def stream_reply(self, messages, settings=None, cancel=None, system_prompt=None):
         stream = self._llm.stream_reply(messages, settings, cancel, system_prompt)

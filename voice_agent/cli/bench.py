@@ -11,7 +11,7 @@ import time
 
 from voice_agent.bench.common import machine_info
 
-SECTIONS = ("hub", "llm", "stt", "tts", "dia2", "pipeline", "server", "turns")
+SECTIONS = ("hub", "llm", "stt", "tts", "dia2", "pipeline", "server", "turns", "voice")
 
 CHILD = """
 import json, resource, sys, logging

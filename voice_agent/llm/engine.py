@@ -9,6 +9,11 @@ Chatting: one generation at a time per engine. A caller waits for the model at m
 under the same lock (Hugging Face tokenizers are not safe to share across threads while in
 use), and `generate()` runs in a worker thread that feeds text pieces to the caller; the
 lock is released when generation ends, whether or not the caller reads to the end.
+
+Prompt cache: a conversation's next prompt starts with the last one (system prompt,
+history, the last reply), so the KV cache of the last generation is kept with the
+token ids it holds, cut back to the part the next prompt shares, and only the rest is
+prefilled (`PromptCache`, `last_prefill`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from voice_agent.core.errors import BusyError
 from voice_agent.core.hardware import HardwareInfo, probe_hardware
 from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
 from voice_agent.core.loading import LoadReport, explain_error, free_memory, run_chain
+from voice_agent.core.threads import CPU_CORES
 from voice_agent.llm.base import (
     ChatMessage,
     GenerationSettings,
@@ -69,6 +76,36 @@ GENERIC_REASON = explain_error(
 )  # what loading.explain_error says when it knows nothing  # when a config names no context length
 
 Progress = Callable[[float, str], None]
+
+
+@dataclass
+class PromptCache:
+    """The KV cache left by the last generation and the token ids it holds, in order."""
+
+    ids: list[int]
+    cache: Any
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """What the last generation's prompt cost: its tokens, and how many came from the cache."""
+
+    prompt_tokens: int
+    reused_tokens: int
+
+    @property
+    def computed_tokens(self) -> int:
+        return self.prompt_tokens - self.reused_tokens
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids `a` and `b` have in common."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def choose_model(
@@ -108,6 +145,8 @@ class OpenSourceLLM:
         busy_timeout_s: how long a caller waits for a busy model before `BusyError`.
         system_prompt: used when a request brings none.
         progress: called as `progress(fraction, message)` while loading.
+        reuse_prompt_cache: keep the last generation's KV cache and prefill only the part
+            of the next prompt it does not hold (off: every prompt is prefilled whole).
 
     Raises:
         ModelNotFoundError: the model is nowhere (fails fast offline); `.report` is set.
@@ -124,8 +163,12 @@ class OpenSourceLLM:
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         progress: Progress | None = None,
+        reuse_prompt_cache: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
+        self.reuse_prompt_cache = reuse_prompt_cache
+        self._prompt_cache: PromptCache | None = None
+        self.last_prefill: Prefill | None = None
         self.busy_timeout_s = busy_timeout_s
         self.system_prompt = system_prompt
         self._lock = threading.Lock()
@@ -241,6 +284,7 @@ class OpenSourceLLM:
         """Drop the model and free its memory (after any running generation)."""
         with self._lock:
             self.model = None
+            self._prompt_cache = None
         free_memory()
 
     # --- chatting -------------------------------------------------------------------------
@@ -316,14 +360,18 @@ class OpenSourceLLM:
         pieces: queue.Queue = queue.Queue()
         feed = TokenFeed(self.tokenizer, pieces, gen.stop, start)
 
-        def should_stop() -> bool:
+        on_cpu = self.device == "cpu"
+
+        def should_stop() -> bool:  # in the generation thread, once per step
+            if on_cpu:
+                CPU_CORES.fit()  # the voice may have started or stopped beside it
             if is_cancelled(cancel):
                 stop_event.set()
             return stop_event.is_set() or feed.stop_hit
 
         worker = threading.Thread(
             target=self._generate,
-            args=(fitted.input_ids, gen, feed, should_stop, stop_event, pieces),
+            args=(fitted.input_ids, gen, feed, should_stop, stop_event, pieces, on_cpu),
             name=f"llm-generate-{next(self._generations)}",
             daemon=True,
         )
@@ -386,12 +434,15 @@ class OpenSourceLLM:
         should_stop: Callable[[], bool],
         stop_event: threading.Event,
         pieces: queue.Queue,
+        on_cpu: bool = False,
     ) -> None:
         """Worker thread: run `generate()`, then release the model and mark the end."""
         import torch
         from transformers import StoppingCriteriaList
 
         error: BaseException | None = None
+        if on_cpu:
+            CPU_CORES.working("llm")  # shares the cores with the voice while both compute
         try:
             model = self.model
             ids = torch.tensor([input_ids], device=model.device)
@@ -414,22 +465,54 @@ class OpenSourceLLM:
                 config.pad_token_id = self.tokenizer.pad_token_id
             if gen.seed is not None:
                 torch.manual_seed(gen.seed)
+            cache, reused = self._take_cache(input_ids)
+            self.last_prefill = Prefill(len(input_ids), reused)
             with torch.inference_mode():
-                model.generate(
+                out = model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     generation_config=config,
                     streamer=feed,
                     stopping_criteria=StoppingCriteriaList([stop_signal(should_stop)]),
+                    cache=cache,
                 )
+            if self.reuse_prompt_cache and cache is not None:
+                held = cache.get_seq_length()
+                sequences = getattr(out, "sequences", out)
+                self._prompt_cache = PromptCache(sequences[0, :held].tolist(), cache)
         except BaseException as exc:  # handed to the reader, who raises it
             error = exc
             log.exception("LLM generation failed")
         finally:
+            if on_cpu:
+                CPU_CORES.working("llm", False)
             try:
                 self._release(stop_event)
             finally:  # the reader must hear the end whatever happens
                 pieces.put(Finished(error))
+
+    def _take_cache(self, input_ids: list[int]) -> tuple[Any, int]:
+        """A KV cache for `input_ids` and how many of them it already holds.
+
+        The kept cache is taken (a failed generation leaves none behind) and cut back
+        to the prefix it shares with `input_ids`, less at least one token: `generate`
+        needs one to compute the first logits from.
+        """
+        from transformers import DynamicCache
+
+        kept, self._prompt_cache = self._prompt_cache, None
+        if not self.reuse_prompt_cache:
+            return None, 0
+        fresh = DynamicCache(config=self.model.config)
+        if kept is None or not kept.cache.is_croppable:
+            return fresh, 0
+        keep = min(shared_prefix(kept.ids, input_ids), len(input_ids) - 1)
+        held = kept.cache.get_seq_length()
+        if keep <= 0 or held != len(kept.ids):
+            return fresh, 0
+        if held > keep:
+            kept.cache.crop(keep - held)
+        return kept.cache, keep
 
     def _pieces(
         self,

@@ -25,6 +25,7 @@ from voice_agent.core.errors import (
     InputTooLargeError,
     ModelUnavailableError,
 )
+from voice_agent.core.threads import CPU_CORES
 from voice_agent.pipeline.admission import EngineGate
 from voice_agent.pipeline.turn import StageCancelled, StageError, TurnTimings
 from voice_agent.stt.base import AudioInput, Speech, STTEngine
@@ -123,6 +124,7 @@ def hear_audio(
     if held is None:
         raise StageCancelled
     s0 = time.perf_counter()
+    CPU_CORES.fit()  # this thread may have started with a stage's smaller share
     try:
         transcript = stt.transcribe(speech)
     except InputError as exc:

@@ -8,8 +8,10 @@ the text is cut into what is spoken is one `Phrasing` for the one splitter
 - an engine that takes text while speaking (`capabilities.streaming_text_in`,
   Dia2) phrases it itself, a few words at a time;
 - the others speak the first phrase early (after `first_phrase_words` words, or
-  at its first clause of three words or more), then a sentence at a time, and
-  cut any run of `max_words` words without a sentence end.
+  at its first clause of three words or more), then a sentence at a time; a
+  piece may run at most `PIECE_GROWTH` times the words of the one before it
+  (and never `max_words`) before it is cut, at a clause where it has one, so a
+  voice slower than the text never leaves a gap because a piece grew.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterator
 
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.errors import BusyError
+from voice_agent.core.threads import CPU_CORES
 from voice_agent.pipeline.admission import POLL_S, EngineGate
 from voice_agent.pipeline.relay import AudioOut, Relay, SpeechFailed, StageDone
 from voice_agent.pipeline.turn import TurnClock, TurnTimings
@@ -36,6 +39,10 @@ MAX_UNSPOKEN_WORDS = 25
 # The first phrase is spoken once it has this many words (or a clause mark after 3):
 # time to first audio is what a listener notices most.
 FIRST_PHRASE_WORDS = 8
+# A piece is cut at this many times the previous piece's words: a voice with a
+# real-time factor under 1 / PIECE_GROWTH (VITS next to the LLM on 2 cores: 0.6-0.75)
+# has each piece ready before the one before it has played.
+PIECE_GROWTH = 1.5
 
 
 class SpeechStop:
@@ -71,27 +78,39 @@ class TextFeed:
         self._queue.put(None)
 
     def pieces(self, stop: SpeechStop) -> Iterator[str]:
-        """The pieces as they arrive, until the feed closes or `stop` is set."""
+        """The pieces as they arrive, until the feed closes or `stop` is set.
+
+        The reader counts as computing (`CPU_CORES`, stage "tts") except while it
+        waits here for text, so the LLM has the cores to itself meanwhile.
+        """
         while not stop.cancelled:
             w0 = time.perf_counter()
+            CPU_CORES.working("tts", False)
             try:
                 piece = self._queue.get(timeout=POLL_S)
             except queue.Empty:
                 continue
             finally:
                 self.waited_s += time.perf_counter() - w0
+                CPU_CORES.working("tts")
             if piece is None:
                 return
             yield piece
 
 
 def phrasing_for(
-    capabilities: TTSCapabilities, *, first_phrase_words: int, max_words: int
+    capabilities: TTSCapabilities,
+    *,
+    first_phrase_words: int,
+    max_words: int,
+    growth: float = PIECE_GROWTH,
 ) -> Phrasing | None:
     """How the reply is cut for this engine; None leaves it to the engine (it phrases itself)."""
     if capabilities.streaming_text_in:
         return None
-    return Phrasing("sentence", max_words=max_words, first_phrase_words=first_phrase_words)
+    return Phrasing(
+        "sentence", max_words=max_words, first_phrase_words=first_phrase_words, growth=growth
+    )
 
 
 def speak(
@@ -126,6 +145,7 @@ def speak(
         try:
             chunks = tts.stream(feed.pieces(stop), voice=voice, cancel=stop, phrasing=phrasing)
             for chunk in chunks:
+                CPU_CORES.fit()  # the LLM may have finished: the next piece gets its cores
                 if stop.cancelled:
                     break
                 now = clock.elapsed()
@@ -137,6 +157,7 @@ def speak(
         except Exception as exc:  # the text goes on; the caller gets a notice
             relay.put(SpeechFailed(exc))
         finally:
+            CPU_CORES.working("tts", False)
             timings.tts_s = max(0.0, time.perf_counter() - a0 - feed.waited_s)
             close = getattr(chunks, "close", None)
             if callable(close):

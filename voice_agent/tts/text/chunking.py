@@ -9,13 +9,16 @@
   the one splitter every streamed reply goes through. A `Phrasing` says where it
   cuts: at sentence ends; in "phrase" mode (Dia2) also at clauses of a few words;
   any run of `max_words` words; and the first piece early (`first_phrase_words`),
-  so speech starts before the reply is complete.
+  so speech starts before the reply is complete. With `growth`, a piece may be at
+  most that factor longer than the one before it (up to `max_words`), so each
+  piece is synthesized while the one before it plays.
 - `fade_edges` / `join_audio`: short raised-cosine fades at each piece's edges,
   so back-to-back pieces meet at zero (no step, no click).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -59,12 +62,29 @@ class Phrasing:
         first_phrase_words: the first piece goes out after this many words, or at
             its first clause of `min_words` words, without waiting for the sentence
             to end: the time to the first audio is what a listener notices most.
+        growth: with `first_phrase_words`, a piece after the first is cut after
+            `growth` times the previous piece's words (at least `first_phrase_words`,
+            at most `max_words`), at its last clause where it has one. A piece takes
+            its length times the voice's real-time factor (RTF) to synthesize, so
+            pieces that grow by at most 1 / RTF are ready before the one before them
+            has played: no gap. 0: off.
     """
 
     mode: Mode = "sentence"
     min_words: int = 3
     max_words: int = 0
     first_phrase_words: int = 0
+    growth: float = 0.0
+
+    def run_limit(self, made: int, last_words: int) -> int:
+        """The most words piece number `made` (0: the first) may run without a cut (0: no limit),
+        after a piece of `last_words` words."""
+        if made == 0 and self.first_phrase_words:
+            return self.first_phrase_words
+        if self.growth and self.first_phrase_words:
+            grown = max(self.first_phrase_words, math.ceil(last_words * self.growth))
+            return min(grown, self.max_words) if self.max_words else grown
+        return self.max_words
 
     @classmethod
     def of(cls, mode: Mode) -> Phrasing:
@@ -115,13 +135,17 @@ def _is_boundary(text: str, match: re.Match[str], final: bool) -> bool | None:
     return True
 
 
-def _cut_points(text: str, final: bool, phrasing: Phrasing, first: bool) -> list[int]:
+def _cut_points(
+    text: str, final: bool, phrasing: Phrasing, made: int, last_words: int = 0
+) -> list[int]:
     """Offsets where complete sentences (or phrases) end, in order.
 
     Stops at the first sentence end it cannot decide yet (the next word has not
-    arrived). `first`: no cut has been made yet and `phrasing.first_phrase_words`
-    is set, so the first-phrase rules apply.
+    arrived). `made`: pieces already released (`last_words`: words in the last
+    one); while it is 0 and `phrasing.first_phrase_words` is set, the
+    first-phrase rules apply.
     """
+    first = made == 0 and phrasing.first_phrase_words > 0
     fences = _fence_spans(text)
     cuts: list[int] = []
     start = 0
@@ -131,10 +155,16 @@ def _cut_points(text: str, final: bool, phrasing: Phrasing, first: bool) -> list
     )
 
     def run_cut(end: int) -> int | None:
-        limit = phrasing.first_phrase_words if first else phrasing.max_words
+        last = (
+            len(text[cuts[-2] if len(cuts) > 1 else 0 : cuts[-1]].split()) if cuts else last_words
+        )
+        limit = phrasing.run_limit(made + len(cuts), last)
         if not limit:
             return None
-        return _run_cut(text, start, end, limit, min(phrasing.min_words, limit), fences)
+        at_clause = phrasing.growth > 0 and not first
+        return _run_cut(
+            text, start, end, limit, min(phrasing.min_words, limit), fences, at_clause=at_clause
+        )
 
     i = 0
     while i < len(candidates):
@@ -168,14 +198,22 @@ def _cut_points(text: str, final: bool, phrasing: Phrasing, first: bool) -> list
 
 
 def _run_cut(
-    text: str, start: int, end: int, limit: int, min_words: int, fences: list[tuple[int, int]]
+    text: str,
+    start: int,
+    end: int,
+    limit: int,
+    min_words: int,
+    fences: list[tuple[int, int]],
+    *,
+    at_clause: bool = False,
 ) -> int | None:
     """Where `text[start:end]` reaches `limit` words without a cut, or None.
 
     The cut goes at the space after the `limit`-th word, once that space has
-    arrived; a stretch longer than `limit * CHARS_PER_WORD` characters is cut at
-    its last space before that length (anywhere when it has none). Code fences
-    are never cut.
+    arrived (`at_clause`: after the run's last clause mark instead, when `min_words`
+    come before it); a stretch longer than `limit * CHARS_PER_WORD` characters is
+    cut at its last space before that length (anywhere when it has none). Code
+    fences are never cut.
     """
     if any(a < end and b > start for a, b in fences):
         return None
@@ -187,6 +225,14 @@ def _run_cut(
             words += 1
         last = space.start()
         if words >= limit and _phrase_ready(segment[: space.start()], min_words):
+            if at_clause:
+                clauses = [
+                    m.end()
+                    for m in CLAUSE.finditer(segment, 0, space.start())
+                    if _phrase_ready(segment[: m.start()], min_words)
+                ]
+                if clauses:
+                    return start + clauses[-1]
             return start + space.start()
     most = limit * CHARS_PER_WORD
     if len(segment) <= most:
@@ -271,8 +317,8 @@ class TextSplitter:
 
     def __init__(self, phrasing: Phrasing | Mode = SENTENCES) -> None:
         self.phrasing = Phrasing.of(phrasing) if isinstance(phrasing, str) else phrasing
-        # Nothing released yet: the first-phrase rules apply (when asked for).
-        self._first = self.phrasing.first_phrase_words > 0
+        self._made = 0  # pieces released so far (the first-phrase and growth rules count them)
+        self._last_words = 0  # words in the last piece released
         self._buffer = ""
 
     def feed(self, piece: str) -> list[str]:
@@ -286,14 +332,15 @@ class TextSplitter:
         return out + ([rest] if rest else [])
 
     def _release(self, final: bool) -> list[str]:
-        cuts = _cut_points(self._buffer, final, self.phrasing, self._first)
-        self._first = self._first and not cuts
+        cuts = _cut_points(self._buffer, final, self.phrasing, self._made, self._last_words)
+        self._made += len(cuts)
         out: list[str] = []
         start = 0
         for cut in cuts:
             piece = self._buffer[start:cut].strip()
             if piece:
                 out.append(piece)
+                self._last_words = len(piece.split())
             start = cut
         self._buffer = self._buffer[start:]
         return out

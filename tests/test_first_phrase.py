@@ -1,0 +1,88 @@
+"""When the reply's text reaches the voice: the first phrase early, later pieces never much longer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from fakes import FakeLLM, FakeTTS, fake_models
+
+from voice_agent.pipeline.agent import Agent
+from voice_agent.pipeline.speak import PIECE_GROWTH
+from voice_agent.tts.base import AudioChunk
+from voice_agent.tts.text.chunking import Phrasing, split_stream
+
+
+class TokenLLM(FakeLLM):
+    """Streams a reply as a tokenizer would: words with their space, punctuation and digits
+    apart ("10:30pm." -> " 10", ":", "30", "pm", ".")."""
+
+    def pieces(self) -> list[str]:
+        return re.findall(r"\s?[A-Za-z']+|\s?\d+|[^\w\s]", self.reply)
+
+
+class PhrasingTTS(FakeTTS):
+    """Cuts the text where the caller's `Phrasing` says (the one splitter) and records each
+    phrase with how many of the LLM's pieces were out when it was cut."""
+
+    def __init__(self, llm: FakeLLM) -> None:
+        super().__init__()
+        self.llm = llm
+        self.cuts: list[tuple[str, int]] = []
+
+    def stream(
+        self,
+        text: str | Iterable[str],
+        voice: str | None = None,
+        cancel: object | None = None,
+        *,
+        phrasing: Phrasing | None = None,
+    ) -> Iterator[AudioChunk]:
+        self.phrasings.append(phrasing)
+        pieces = [text] if isinstance(text, str) else text
+        for phrase in split_stream(pieces, phrasing=phrasing):
+            self.cuts.append((phrase, len(self.llm.emitted)))
+            yield self._chunk(phrase)
+
+
+def spoken(reply: str) -> tuple[list[tuple[str, int]], int]:
+    """The phrases a turn hands the voice, and the number of the reply's pieces."""
+    llm = TokenLLM(reply, step_s=0.002)
+    tts = PhrasingTTS(llm)
+    agent = Agent(fake_models(llm=llm, tts=tts))
+    events = list(agent.run_turn(agent.new_session(), text="Is the pharmacy open?"))
+    assert events[-1].kind == "done"
+    return tts.cuts, len(llm.pieces())
+
+
+def test_first_phrase_goes_to_the_voice_after_eight_words_not_at_the_sentence_end():
+    """Bug: "The pharmacy on Main Street is closed at 10:30pm.": 8 words were out at 1.25 s,
+    yet the voice got the first text only when the sentence ended, and spoke it whole."""
+    cuts, _ = spoken("The pharmacy on Main Street is closed at 10:30pm. It opens at nine.")
+    first, out = cuts[0]
+    assert first == "The pharmacy on Main Street is closed at"
+    # Cut as soon as the space after the 8th word came (" 10"), before ":30pm." arrived.
+    assert out <= 9, out
+    assert [c for c, _ in cuts[1:]] == ["10:30pm.", "It opens at nine."]
+
+
+def test_first_phrase_goes_at_a_comma_after_three_words():
+    """Bug (same report): the docs promise the first phrase at a comma after 3 words; a
+    comma after fewer words does not count, the first after three or more does."""
+    cuts, _ = spoken("Sure thing, my friend, the pharmacy is open until ten tonight.")
+    assert cuts[0][0] == "Sure thing, my friend,"
+    assert cuts[0][1] <= 7  # "Sure", " thing", ",", " my", " friend", ",", then " the"
+    assert cuts[1][0] == "the pharmacy is open until ten tonight."
+
+
+def test_later_pieces_grow_by_at_most_the_growth_factor():
+    """Bug: audio chunks of 1.4 s, 4.3 s, 8.1 s, 10.9 s: each piece took longer to synthesize
+    than the one before it took to play, so speech stalled 3.7 s after the first chunk
+    and more later. A piece may now be at most PIECE_GROWTH times the words of the last."""
+    run_on = " ".join(f"word{i}" for i in range(70)) + "."
+    cuts, _ = spoken(run_on)
+    words = [len(c.split()) for c, _ in cuts]
+    assert words[0] == 8
+    for before, after in zip(words, words[1:-1], strict=False):
+        assert after <= max(8, -(-before * PIECE_GROWTH // 1)), words
+    assert sum(words) == 70

@@ -1,0 +1,336 @@
+"""Benchmark section `voice`: what a listener hears, measured in a real browser.
+
+Starts the app (`app.py`'s own `main`) on the pipeline bench's real-shaped random
+models (a Qwen2.5-0.5B-shaped LLM scripted to say a fixed 3-sentence reply, a
+whisper-base.en-shaped Whisper, an mms-tts-eng-shaped VITS; any model named by the
+usual variables is used instead), and drives headless Chromium with a fake
+microphone playing `assets/hello.wav` (3.4 s):
+
+- **record**: Record, the clip, Stop; end of speech is the click on Stop.
+- **hands-free**: Record once; a pause ends the turn; end of speech is when the
+  clip's speech ends (the microphone's start in the page plus the clip's last
+  loud sample).
+
+A probe in the page (`PROBE_JS`) polls every `POLL_MS`: the turn status line
+(-> "Thinking" when the transcript is in, -> "Answering" at the first reply
+word) and every reply `<audio>` element's `currentTime`. First audio heard is
+the first poll at which a reply element's media clock advances; a stall is a
+stretch of wall time, after playback started, that the media clock did not
+cover (wall time between two advances minus the media time they played), so
+a gap between chunks or a chunk that arrives late counts, and silence inside
+the audio itself does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+POLL_MS = 10
+STALL_MIN_MS = 40  # below this a gap is poll jitter, not something heard
+TURN_TIMEOUT_S = 150.0
+START_TIMEOUT_S = 300.0
+SETTLE_S = 1.5  # after the turn ends, how long the media clock must stand still
+CLIP = "hello.wav"
+MODES = ("record", "hands-free")
+
+# The model variables a caller may set; whatever is unset is built (random weights).
+MODEL_VARIABLES = {
+    "llm": "MODEL_SERVER_MODEL_NAME",
+    "stt": "STT_MODEL_NAME",
+    "tts": "TTS_MODEL_NAME",
+}
+
+PROBE_JS = """
+(() => {
+  const va = window.__va = {active: false, micStart: null, first: null, stalls: [],
+                            status: {}, lastAdvance: null, played: 0};
+  const md = navigator.mediaDevices;
+  if (md && md.getUserMedia) {
+    const original = md.getUserMedia.bind(md);
+    md.getUserMedia = async (c) => { const s = await original(c); va.micStart = performance.now(); return s; };
+  }
+  const seen = new Map();
+  va.reset = () => { va.active = true; va.first = null; va.stalls = []; va.status = {};
+                     va.lastAdvance = null; va.played = 0; va.micStart = null; };
+  setInterval(() => {
+    if (!va.active) return;
+    const now = performance.now();
+    const status = (document.querySelector('#turn-status') || {}).innerText || '';
+    for (const key of ['Thinking', 'Answering', 'Speaking']) {
+      if (status.includes(key) && !(key in va.status)) va.status[key] = now;
+    }
+    if ('Thinking' in va.status && status.includes('Ready') && !('Ready' in va.status)) va.status.Ready = now;
+    document.querySelectorAll('#reply-audio audio').forEach((a) => {
+      const t = a.currentTime, prev = seen.get(a);
+      seen.set(a, t);
+      if (prev === undefined || a.paused || !(t > prev + 1e-4)) return;
+      if (va.first === null) va.first = now;
+      else if (va.lastAdvance !== null) {
+        const gap = (now - va.lastAdvance) - (t - prev) * 1000;
+        if (gap > STALL_MIN_MS) va.stalls.push(gap / 1000);
+      }
+      va.lastAdvance = now;
+      va.played += t - prev;
+    });
+  }, POLL_MS);
+})();
+""".replace("STALL_MIN_MS", str(STALL_MIN_MS)).replace("POLL_MS", str(POLL_MS))
+
+# The app, with the random LLM scripted to a real reply (as in the pipeline bench).
+LAUNCHER = """
+import sys
+from voice_agent.bench.pipeline import ScriptedLLM, reply_pieces
+from voice_agent.pipeline import models
+
+def scripted(settings, progress):
+    return ScriptedLLM(models._load_llm(settings, progress), reply_pieces())
+
+if {script}:
+    models.DEFAULT_LOADERS["llm"] = scripted
+import app
+sys.exit(app.main(["--host", "127.0.0.1", "--port", "{port}"]))
+"""
+
+
+def speech_end_s(path: Path, threshold: float = 0.02) -> float:
+    """Seconds from the clip's start to its last sample louder than `threshold` (full scale 1)."""
+    with wave.open(str(path)) as w:
+        rate, width = w.getframerate(), w.getsampwidth()
+        raw = w.readframes(w.getnframes())
+        channels = w.getnchannels()
+    assert width == 2, "the bench clip is 16-bit PCM"
+    samples = np.frombuffer(raw, dtype="<i2").reshape(-1, channels)[:, 0] / 32768.0
+    loud = np.nonzero(np.abs(samples) > threshold)[0]
+    return float(loud[-1] + 1) / rate if loud.size else 0.0
+
+
+def _health(base: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+            return json.loads(r.read())
+    except Exception:
+        return None
+
+
+def _wait_ready(base: str, proc: subprocess.Popen, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        snap = _health(base) or {}
+        states = {c: (e or {}).get("status") for c, e in (snap.get("models") or {}).items()}
+        if states and all(s in ("ready", "failed") for s in states.values()):
+            if any(s == "failed" for s in states.values()):
+                raise RuntimeError(f"a model failed to load: {states}")
+            return snap
+        time.sleep(0.5)
+    raise RuntimeError(f"the models did not load in {START_TIMEOUT_S:.0f} s")
+
+
+def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, Any]:
+    """One spoken turn; its in-page stage times relative to the end of speech."""
+    page.evaluate("window.__va.reset()")
+    if mode == "record":
+        mic = page.locator("#mic")
+        mic.get_by_role("button", name="Record", exact=True).click()
+        page.wait_for_function("window.__va.micStart !== null", timeout=30_000)
+        page.wait_for_timeout(int((clip_s + 0.3) * 1000))
+        end = page.evaluate("performance.now()")
+        mic.get_by_role("button", name="Stop", exact=True).click()
+    else:
+        page.locator("#hands-free-mic").get_by_role("button", name="Record", exact=True).click()
+        page.wait_for_function("window.__va.micStart !== null", timeout=30_000)
+        end = page.evaluate("window.__va.micStart") + speech_end * 1000
+    page.wait_for_function("'Ready' in window.__va.status", timeout=int(TURN_TIMEOUT_S * 1000))
+    # Wait for the voice to finish (the next turn must not hear this one): it played, and
+    # its media clock has stood still for SETTLE_S.
+    page.wait_for_function(
+        f"window.__va.first !== null && performance.now() - window.__va.lastAdvance > {SETTLE_S * 1000}",
+        timeout=int(TURN_TIMEOUT_S * 1000),
+    )
+    probe = page.evaluate("JSON.parse(JSON.stringify(window.__va))")
+    if mode == "hands-free":
+        page.locator("#hands-free-mic").get_by_role("button", name="Stop", exact=True).click()
+    page.wait_for_timeout(500)
+
+    def since(stamp: float | None) -> float | None:
+        return None if stamp is None else round((stamp - end) / 1000, 3)
+
+    status = probe["status"]
+    stalls = probe["stalls"]
+    return {
+        "mode": mode,
+        "transcript_s": since(status.get("Thinking")),
+        "first_token_s": since(status.get("Answering") or status.get("Speaking")),
+        "first_audio_heard_s": since(probe["first"]),
+        "turn_done_s": since(status.get("Ready")),
+        "audio_played_s": round(probe["played"], 2),
+        "stalls": len(stalls),
+        "longest_stall_s": round(max(stalls, default=0.0), 3),
+        "stall_s_total": round(sum(stalls), 3),
+        "latency_line": page.locator("#chat .turn-latency").last.inner_text(),
+    }
+
+
+def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
+    """Model variables for the app, whether the LLM is scripted, and what each model is."""
+    from voice_agent.bench.pipeline import build_llm
+    from voice_agent.testing.tiny_vits import build_shaped as build_vits
+    from voice_agent.testing.tiny_whisper import SHAPES, build_whisper
+
+    env: dict[str, str] = {}
+    about: dict[str, str] = {}
+    for part, variable in MODEL_VARIABLES.items():
+        if os.environ.get(variable):
+            env[variable] = os.environ[variable]
+            about[part] = os.environ[variable]
+    if "llm" not in env:
+        env["MODEL_SERVER_MODEL_NAME"] = str(build_llm(root / "llm"))
+        about["llm"] = "Qwen2.5-0.5B shape, random weights, scripted reply (bench.pipeline.REPLY)"
+    if "stt" not in env:
+        path = build_whisper(
+            root / "stt", SHAPES["base"], text_tokens=50256, multilingual=False, languages=99,
+            max_length=16,
+        )  # fmt: skip
+        env["STT_MODEL_NAME"] = str(path)
+        about["stt"] = "whisper-base.en shape, random weights, 16 tokens"
+    if "tts" not in env:
+        env["TTS_MODEL_NAME"] = str(build_vits(root / "tts"))
+        env["TTS_BACKEND"] = "vits"
+        about["tts"] = "mms-tts-eng (VITS) shape, random weights"
+    return env, not os.environ.get(MODEL_VARIABLES["llm"]), about
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    from voice_agent.testing.paths import REPO_ROOT
+    from voice_agent.testing.server import free_port
+
+    chromium = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+    if not chromium.exists():
+        return {"error": f"{chromium} is missing (apt-get install chromium, or set CHROMIUM)"}
+    turns = 2 if quick else 3
+    modes = MODES[:1] if quick else MODES  # --quick: record/stop only
+    clip = REPO_ROOT / "assets" / CLIP
+    with wave.open(str(clip)) as w:
+        clip_s = w.getnframes() / w.getframerate()
+    speech_end = speech_end_s(clip)
+    rows: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-voice-") as tmp:
+        root = Path(tmp)
+        env_models, scripted, about = _models(root)
+        port = free_port()
+        env = {
+            **os.environ,
+            **env_models,
+            "HF_HUB_OFFLINE": "1",
+            "LLM_DEVICE": os.environ.get("LLM_DEVICE", "cpu"),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = root / "app.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", LAUNCHER.format(script=scripted, port=port)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            t0 = time.perf_counter()
+            _wait_ready(base, proc, log)
+            load_s = time.perf_counter() - t0
+            args = [
+                "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--autoplay-policy=no-user-gesture-required",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={clip}%noloop",
+            ]  # fmt: skip
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=str(chromium), args=args)
+                try:
+                    page = browser.new_page()
+                    page.add_init_script(PROBE_JS)
+                    page.goto(base, wait_until="domcontentloaded")
+                    page.locator("#mic").wait_for(timeout=60_000)
+                    page.wait_for_timeout(2000)  # the first status poll and model banner
+                    for mode in modes:
+                        try:
+                            if mode == "hands-free":
+                                page.locator("#hands-free input[type=checkbox]").check()
+                                page.locator("#hands-free-mic").wait_for()
+                            # One warm-up turn per mode: first-call costs are not the turn's.
+                            _turn(page, mode, clip_s, speech_end)
+                            for _ in range(turns):
+                                rows.append(_turn(page, mode, clip_s, speech_end))
+                                page.get_by_role("button", name="Clear conversation").click()
+                                page.wait_for_timeout(500)
+                        except Exception as exc:  # reported; the other mode still runs
+                            failed[mode] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                finally:
+                    browser.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    return summarize(
+        rows, failed=failed, load_s=round(load_s, 1), models=about, clip_s=round(clip_s, 2),
+        speech_end_s=round(speech_end, 2),
+    )  # fmt: skip
+
+
+def _p(values: list[float], q: float) -> float | None:
+    from voice_agent.bench.common import percentile
+
+    return round(percentile(values, q), 3) if values else None
+
+
+def summarize(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The section's JSON: per-mode medians, the headline percentiles and every row."""
+    heard = [r["first_audio_heard_s"] for r in rows if r["first_audio_heard_s"] is not None]
+    by_mode = {}
+    for mode in MODES:
+        mine = [r for r in rows if r["mode"] == mode]
+        if not mine:
+            continue
+        by_mode[mode] = {
+            key: round(statistics.median(v), 3)
+            if (v := [r[key] for r in mine if r[key] is not None])
+            else None
+            for key in ("transcript_s", "first_token_s", "first_audio_heard_s", "longest_stall_s")
+        }
+    return {
+        "first_audio_heard_s": {"p50": _p(heard, 50), "p90": _p(heard, 90)},
+        "longest_stall_s": max((r["longest_stall_s"] for r in rows), default=None),
+        "stall_s_total": round(sum(r["stall_s_total"] for r in rows), 3),
+        "by_mode": by_mode,
+        "rows": rows,
+        **extra,
+        "notes": (
+            "Seconds from the end of speech (record: the click on Stop; hands-free: the clip's "
+            "speech end) to the transcript shown, the first reply word shown and the first "
+            f"audio playing in the page (headless Chromium, fake microphone playing {CLIP}); "
+            "a stall is wall time after playback started that the reply's media clock did not "
+            "cover. One warm-up turn per mode, then fresh conversations."
+        ),
+    }
