@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-from fakes import REPLY, FakeLLM, FakeSTT, FakeTTS, fake_models
 
+from tests.fakes import REPLY, FakeLLM, FakeSTT, FakeTTS, fake_models
 from voice_agent.core.cancel import CancelToken
 from voice_agent.pipeline.agent import INTERRUPTED_SUFFIX, RECENT_TURNS, Agent, TurnEvent
 

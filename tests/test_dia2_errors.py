@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dia2_helpers import case_config, cases, fixture_dir, runtime
 from safetensors.torch import load_file, save_file
 
+from tests.dia2_helpers import case_config, cases, fixture_dir, runtime
 from voice_agent.core.errors import InputError, ModelLoadError
 from voice_agent.tts.dia2 import (
     CheckpointMismatchError,

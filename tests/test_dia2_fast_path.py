@@ -13,8 +13,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-from dia2_helpers import case_config, cases, expected, load_runtime
 
+from tests.dia2_helpers import case_config, cases, expected, load_runtime
 from voice_agent.tts.dia2 import Dia2Runtime
 from voice_agent.tts.dia2.sampling import SamplingConfig, sample
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dia2_helpers import case_config, cases, expected, fixture_dir, runtime
+
+from tests.dia2_helpers import case_config, cases, expected, fixture_dir, runtime
 
 pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_torch_thread")]
 CASES = ["c1_hello", "c2_dialogue", "c3_break", "c4_long_nocfg", "c5_prefix", "c6_context_cap"]

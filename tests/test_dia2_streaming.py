@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from dia2_helpers import case_config, cases, fixture_dir, runtime
 
+from tests.dia2_helpers import case_config, cases, fixture_dir, runtime
 from voice_agent.core.cancel import CancelToken
 from voice_agent.tts.dia2 import TextFeed
 

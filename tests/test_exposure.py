@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fakes import fake_models
 
+from tests.fakes import fake_models
 from voice_agent.core.config import get_settings, load_settings
 from voice_agent.pipeline.agent import Agent
 from voice_agent.server.access import AccessRule, exposure_banner, exposure_problem

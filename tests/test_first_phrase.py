@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-from fakes import FakeLLM, FakeTTS, fake_models
-
+from tests.fakes import FakeLLM, FakeTTS, fake_models
 from voice_agent.pipeline.agent import Agent
 from voice_agent.pipeline.speak import PIECE_GROWTH
 from voice_agent.tts.base import AudioChunk

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from fakes import FakeLLM, FakeSTT, FakeTTS
 
+from tests.fakes import FakeLLM, FakeSTT, FakeTTS
 from voice_agent.core.config import get_settings
 from voice_agent.core.errors import ModelLoadError, ModelUnavailableError
 from voice_agent.core.loading import Attempt, LoadReport

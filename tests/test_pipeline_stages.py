@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakes import REPLY, FakeLLM, FakeTTS, fake_models
 
+from tests.fakes import REPLY, FakeLLM, FakeTTS, fake_models
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.config import load_settings
 from voice_agent.core.errors import BusyError

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakeLLM, fake_models
+
+from tests.fakes import FakeLLM, fake_models
 
 gr = pytest.importorskip("gradio")
 
