@@ -9,6 +9,10 @@ Chatting: one generation at a time per engine. A caller waits for the model at m
 under the same lock (Hugging Face tokenizers are not safe to share across threads while in
 use), and `generate()` runs in a worker thread that feeds text pieces to the caller; the
 lock is released when generation ends, whether or not the caller reads to the end.
+
+Tools: `stream_reply(tools=...)` renders them through the model's chat template and
+parses what the model writes back (`llm.tool_calls`): the pieces carry only what the
+model says, never the call itself, and `Reply.tool_calls` holds the calls.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from voice_agent.llm.base import (
     LLMCapabilities,
     Reply,
     ReplyStream,
+    ToolSpec,
 )
 from voice_agent.llm.errors import GenerationError
 from voice_agent.llm.prompt import (
@@ -53,6 +58,7 @@ from voice_agent.llm.prompt import (
 )
 from voice_agent.llm.strategies import LLMStrategy, plan_chain, to_strategies
 from voice_agent.llm.streaming import Finished, TokenFeed, stop_signal
+from voice_agent.llm.tool_calls import check_tools, forced_prefix, supports_tools, with_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +170,9 @@ class OpenSourceLLM:
         assert chosen is not None  # run_chain raises otherwise
         self.strategy: LLMStrategy = self._strategies[chosen.strategy]
         self.context_length = self._context_length()
-        self.capabilities = LLMCapabilities(streaming=True, cancel=True)
+        self.capabilities = LLMCapabilities(streaming=True, cancel=True, tools=True)
+        # Tools go through the model's own template when it has them, else the generic form.
+        self.tool_format = "template" if supports_tools(self.tokenizer) else "generic-json"
         report_progress(1.0, self.report.summary())
 
     # --- loading --------------------------------------------------------------------------
@@ -233,6 +241,7 @@ class OpenSourceLLM:
             "dtype": self.strategy.dtype,
             "quantization": self.strategy.quantization,
             "context_length": self.context_length,
+            "tool_format": self.tool_format,
             "busy": self._lock.locked(),
             "report": self.report.as_dict(),
         }
@@ -260,6 +269,8 @@ class OpenSourceLLM:
         cancel: object | None = None,
         system_prompt: str | None = None,
         *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
         wait_s: float | None = None,
     ) -> Reply:
         """Answer `messages` (or one user string) and return the whole reply.
@@ -271,6 +282,10 @@ class OpenSourceLLM:
                 the current token and the partial reply comes back with finish_reason
                 "cancelled".
             system_prompt: replaces the conversation's system message; "" for none.
+            tools: function tools the model may call (OpenAI's shape); its calls come
+                back in `Reply.tool_calls` (finish_reason "tool_calls").
+            tool_choice: "auto", "none" (tools not shown), "required" (some call) or a
+                tool's name (that call): the last two start the model's turn with the call.
             wait_s: how long to wait for a busy model (default `busy_timeout_s`).
 
         Raises:
@@ -278,7 +293,15 @@ class OpenSourceLLM:
             BusyError: another request held the model for longer than `wait_s`.
             GenerationError: the model failed while generating.
         """
-        return self.stream_reply(messages, settings, cancel, system_prompt, wait_s=wait_s).collect()
+        return self.stream_reply(
+            messages,
+            settings,
+            cancel,
+            system_prompt,
+            tools=tools,
+            tool_choice=tool_choice,
+            wait_s=wait_s,
+        ).collect()
 
     def stream_reply(
         self,
@@ -287,6 +310,8 @@ class OpenSourceLLM:
         cancel: object | None = None,
         system_prompt: str | None = None,
         *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
         wait_s: float | None = None,
     ) -> ReplyStream:
         """Like `generate_reply`, but iterate the returned stream for text pieces as they come.
@@ -299,12 +324,17 @@ class OpenSourceLLM:
         gen = settings or GenerationSettings()
         check_generation_settings(gen, self.context_length)
         checked = self._messages(messages, system_prompt)
+        specs = check_tools(tools, tool_choice)
+        if tool_choice == "none":
+            specs = []
+        template_tools = self.tool_format == "template"
+        prefix = forced_prefix(tool_choice, template_tools=template_tools) if specs else ""
         if self.model is None:
             raise GenerationError("The language model was closed.")
         self._acquire(wait_s)
         try:
             fitted = fit_to_context(
-                self.tokenizer, checked, gen.max_new_tokens, self.context_length
+                self.tokenizer, checked, gen.max_new_tokens, self.context_length, specs, prefix
             )
         except BaseException:
             self._lock.release()
@@ -332,6 +362,8 @@ class OpenSourceLLM:
         # A stream dropped unread never runs its generator's cleanup; stop generating for
         # nobody when it is collected instead of running on to max_new_tokens.
         weakref.finalize(stream, stop_event.set)
+        if specs:
+            with_tool_calls(stream, prefix)
         if is_cancelled(cancel):
             stop_event.set()
             self._release(stop_event)
