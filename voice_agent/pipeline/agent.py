@@ -576,6 +576,45 @@ class Agent:
             audio, stt, self.models.gates["stt"], self.settings, cancel=token, timings=timings
         )
 
+    def transcribe(self, audio: AudioInput) -> str:
+        """The words in a recording, as a turn hears them (same checks, speech gate and STT
+        gate): the app's `transcribe` API and MCP tool. "" when there is no speech.
+
+        Raises:
+            VoiceAgentError: bad audio (an `InputError`), no STT, a busy or failing one.
+        """
+        try:
+            stt = self.models.require("stt")
+        except ModelUnavailableError as exc:
+            raise stt_unavailable(exc).error from exc
+        try:
+            heard = hear_audio(
+                audio,
+                stt,
+                self.models.gates["stt"],
+                self.settings,
+                cancel=CancelToken(),
+                timings=TurnTimings(),
+            )
+        except StageError as exc:
+            raise exc.error from None
+        except StageCancelled:  # nobody cancels this token
+            raise BusyError("the speech recogniser could not be had") from None
+        return heard.text
+
+    def say(self, text: str, voice: str | None = None) -> tuple[int, Any]:
+        """`(sample_rate, samples)` of `text` spoken, under the TTS gate (timers, the MCP tool).
+
+        Raises:
+            ModelUnavailableError, BusyError, InputError: no TTS, a busy one, bad text.
+        """
+        try:
+            clean = hear_text(text, self.settings).text
+        except StageError as exc:
+            raise exc.error from None
+        tts = self.models.require("tts")
+        return self._gated("tts", lambda: tts.synthesize(clean, voice))
+
     def _gated(self, component: str, work: Callable[[], T]) -> T:
         """Run `work` holding `component`'s gate (for calls outside a turn: the self-test)."""
         held = self.models.gates[component].enter(timeout_s=self.settings.server_timeout_s)
