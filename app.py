@@ -165,7 +165,12 @@ def build_app(models: Any, settings: Any, blocks: Any) -> ASGIApp:
         # Our handlers report problems themselves (chat notes, gr.Warning); anything else
         # that fails, Gradio's own refusals included, must not echo paths or internals.
         show_error=False,
+        # The app as an MCP server (/gradio_api/mcp/): its tools are the public API's
+        # endpoints (transcribe, speak, chat), behind the same credentials as every door.
+        mcp_server=settings.mcp_server and _mcp_available(),
     )
+    if getattr(blocks, "mcp_error", None):
+        log.warning("%s", blocks.mcp_error)
     # Gradio checks that a file-typed input names a file in its upload cache only once
     # `blocks.has_launched` is set, which `Blocks.launch()` does and `mount_gradio_app`
     # does not (gradio/processing_utils.py `_check_allowed` returns early). Without it a
@@ -175,6 +180,16 @@ def build_app(models: Any, settings: Any, blocks: Any) -> ASGIApp:
     blocks.has_launched = True
     dispatcher = PathDispatcher(create_app(models, settings), ui_app)
     return AccessMiddleware(dispatcher, AccessRule.from_settings(settings))
+
+
+def _mcp_available() -> bool:
+    """Whether the `mcp` package Gradio's MCP server needs is installed (else: said, and off)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mcp") is None:
+        log.warning("MCP_SERVER=1 but the `mcp` package is missing (pip install mcp): MCP is off")
+        return False
+    return True
 
 
 def _open_share_link(host: str, port: int) -> None:
@@ -246,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     server = uvicorn.Server(config)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"* Voice Agent on http://{shown}:{port} (REST API at /health, /v1)", flush=True)
+    if settings.mcp_server:
+        print(f"* MCP server: http://{shown}:{port}/gradio_api/mcp/", flush=True)
     print(f"* Access: {exposure_banner(host, share=share, rule=rule, space=space)}", flush=True)
     if share:
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -23,7 +24,9 @@ from voice_agent.llm.base import (
     LLMCapabilities,
     Reply,
     ReplyStream,
+    ToolSpec,
 )
+from voice_agent.llm.tool_calls import with_tool_calls
 from voice_agent.stt.base import AudioInput, STTCapabilities, Transcript
 from voice_agent.tts.base import AudioChunk, TTSCapabilities, Voice
 from voice_agent.tts.text.chunking import Phrasing
@@ -47,6 +50,9 @@ class FakeLLM:
         step_s: pause before each piece (simulated token time).
         hold_last_until: an event the last piece waits for (at most `hold_timeout_s`).
         fail_after: raise RuntimeError after this many pieces.
+        script: the model's output call by call (the last one repeats), tool calls
+            written as the model writes them (`<tool_call>{...}</tool_call>`); it then
+            declares `capabilities.tools` and parses them like the real engine.
     """
 
     model_id = "fake-llm"
@@ -62,8 +68,12 @@ class FakeLLM:
         hold_timeout_s: float = 3.0,
         fail_after: int | None = None,
         wait_for_cancel: bool = False,
+        script: Sequence[str] | None = None,
     ) -> None:
         self.reply = reply
+        self.script = list(script or [])
+        if script is not None:
+            self.capabilities = replace(self.capabilities, tools=True)
         self.step_s = step_s
         self.hold_last_until = hold_last_until
         self.hold_timeout_s = hold_timeout_s
@@ -75,8 +85,8 @@ class FakeLLM:
         self.cancelled = False
         self.started = threading.Event()
 
-    def pieces(self) -> list[str]:
-        words = self.reply.split(" ")
+    def pieces(self, text: str | None = None) -> list[str]:
+        words = (self.reply if text is None else text).split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
     def stream_reply(
@@ -85,6 +95,9 @@ class FakeLLM:
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
     ) -> ReplyStream:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
@@ -93,17 +106,24 @@ class FakeLLM:
                 "messages": [dict(m) for m in messages],
                 "settings": settings,
                 "system_prompt": system_prompt,
+                "tools": list(tools or []),
+                "tool_choice": tool_choice,
             }
         )
+        text = None
+        if self.script:
+            text = self.script[min(len(self.calls), len(self.script)) - 1]
         stream = ReplyStream(pieces=iter(()))
-        stream.pieces = self._run(stream, cancel)
+        stream.pieces = self._run(stream, cancel, text)
+        if tools:
+            with_tool_calls(stream)
         return stream
 
-    def _run(self, stream: ReplyStream, cancel: object | None) -> Iterator[str]:
+    def _run(self, stream: ReplyStream, cancel: object | None, text: str | None) -> Iterator[str]:
         self.started.set()
         t0 = time.perf_counter()
         out: list[str] = []
-        pieces = self.pieces()
+        pieces = self.pieces(text)
         finish = "stop"
         for i, piece in enumerate(pieces):
             if self.fail_after is not None and i >= self.fail_after:
@@ -133,8 +153,13 @@ class FakeLLM:
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
     ) -> Reply:
-        stream = self.stream_reply(messages, settings, cancel, system_prompt)
+        stream = self.stream_reply(
+            messages, settings, cancel, system_prompt, tools=tools, tool_choice=tool_choice
+        )
         for _ in stream:
             pass
         assert stream.reply is not None

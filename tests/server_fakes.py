@@ -30,6 +30,7 @@ from voice_agent.llm.base import (
     Reply,
     ReplyStream,
 )
+from voice_agent.llm.tool_calls import with_tool_calls
 from voice_agent.pipeline.admission import engine_gates
 from voice_agent.stt.base import STTCapabilities, Transcript
 from voice_agent.tts.base import AudioChunk, TTSCapabilities, Voice
@@ -67,11 +68,16 @@ class _Activity:
 
 
 class FakeLLM(_Activity):
-    """Replies 'echo: <last user message>' one word per piece, `delay_s` per piece."""
+    """Replies 'echo: <last user message>' one word per piece, `delay_s` per piece.
+
+    Given tools, it calls the first one (or the one `tool_choice` names) with
+    `{"text": <last user message>}`, written as Qwen2.5 writes a call and parsed by the
+    real parser; after a tool result it replies 'result: <the result>'.
+    """
 
     model_id = "fake-llm"
     context_length = 512
-    capabilities = LLMCapabilities(streaming=True, cancel=True)
+    capabilities = LLMCapabilities(streaming=True, cancel=True, tools=True)
 
     def __init__(self, delay_s: float = 0.0, words: int | None = None) -> None:
         super().__init__()
@@ -81,6 +87,8 @@ class FakeLLM(_Activity):
         self.last_settings: GenerationSettings | None = None
         self.last_system_prompt: str | None = None
         self.last_messages: list[ChatMessage] | str | None = None
+        self.last_tools: list | None = None
+        self.last_tool_choice = "auto"
 
     def _pieces(self, messages: list[ChatMessage] | str, settings: GenerationSettings) -> list[str]:
         if isinstance(messages, str):
@@ -93,17 +101,34 @@ class FakeLLM(_Activity):
         words = ["echo:", *text.split()] if self.words is None else ["w"] * self.words
         return [w + " " for w in words][: settings.max_new_tokens]
 
+    def _tool_pieces(self, messages: list[ChatMessage], tools: list, tool_choice: str) -> list[str]:
+        if messages[-1]["role"] == "tool":
+            return ["result: ", messages[-1]["content"]]
+        names = [t["function"]["name"] for t in tools]
+        name = tool_choice if tool_choice in names else names[0]
+        text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        call = json.dumps({"name": name, "arguments": {"text": text}})
+        return ["Calling. ", "<tool", "_call>\n", call, "\n</tool_call>"]
+
     def stream_reply(
         self,
         messages: list[ChatMessage] | str,
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: list | None = None,
+        tool_choice: str = "auto",
     ) -> ReplyStream:
         settings = settings or GenerationSettings()
         self.last_settings, self.last_system_prompt = settings, system_prompt
         self.last_messages = messages
-        pieces = self._pieces(messages, settings)
+        self.last_tools, self.last_tool_choice = tools, tool_choice
+        use_tools = bool(tools) and tool_choice != "none" and not isinstance(messages, str)
+        if use_tools:
+            pieces = self._tool_pieces(messages, tools, tool_choice)  # type: ignore[arg-type]
+        else:
+            pieces = self._pieces(messages, settings)
         stream = ReplyStream(iter(()))
 
         def run() -> Iterator[str]:
@@ -128,6 +153,8 @@ class FakeLLM(_Activity):
             )
 
         stream.pieces = run()
+        if use_tools:
+            with_tool_calls(stream)
         return stream
 
     def generate_reply(
@@ -136,8 +163,13 @@ class FakeLLM(_Activity):
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: list | None = None,
+        tool_choice: str = "auto",
     ) -> Reply:
-        return self.stream_reply(messages, settings, cancel, system_prompt).collect()
+        return self.stream_reply(
+            messages, settings, cancel, system_prompt, tools=tools, tool_choice=tool_choice
+        ).collect()
 
 
 class FakeSTT(_Activity):

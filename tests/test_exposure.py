@@ -79,7 +79,32 @@ def api_info(live: LiveServer, headers: dict[str, str] | None = None) -> dict:
 
 
 def is_file_param(param: dict) -> bool:
-    return "FileData" in json.dumps(param.get("type", {})) or param.get("component") == "Audio"
+    kind = str(param.get("component", "")).lower()
+    return "FileData" in json.dumps(param.get("type", {})) or kind in ("audio", "file")
+
+
+def every_endpoint(live: LiveServer) -> dict[str, list[dict]]:
+    """Every named event with its parameters, the ones kept out of the API included: they are
+    still callable by name (`/gradio_api/call/NAME`), so each must refuse a server path too."""
+    config = httpx.get(live.url + "/config", timeout=30).json()
+    components = {c["id"]: c for c in config["components"]}
+    endpoints = {}
+    for dep in config["dependencies"]:
+        if not dep.get("api_name") or dep.get("js") and not dep.get("backend_fn", True):
+            continue
+        params = []
+        for block_id in dep["inputs"]:
+            component = components[block_id]
+            if component["type"] == "state":
+                continue  # the call API leaves State inputs out
+            params.append(
+                {
+                    "component": component["type"],
+                    "parameter_default": component["props"].get("value"),
+                }
+            )
+        endpoints[f"/{dep['api_name']}"] = params
+    return endpoints
 
 
 def hostile_call(live: LiveServer, name: str, params: list[dict], path: Path) -> str:
@@ -108,11 +133,9 @@ def test_every_file_input_refuses_a_server_path(open_app: LiveServer, secret_fil
     made Gradio copy the file into its cache, the error note named the copy, and
     `GET /gradio_api/file=<copy>` served it: any file on the server was readable.
     Gradio's own check was off because `mount_gradio_app` never sets `has_launched`."""
-    endpoints = api_info(open_app)
-    with_files = {
-        n: e["parameters"] for n, e in endpoints.items() if any(map(is_file_param, e["parameters"]))
-    }
-    assert {"/send_audio", "/send_audio_1"} <= set(with_files), sorted(endpoints)
+    endpoints = every_endpoint(open_app)
+    with_files = {n: params for n, params in endpoints.items() if any(map(is_file_param, params))}
+    assert {"/send_audio", "/send_audio_1", "/transcribe"} <= set(with_files), sorted(endpoints)
     for name, params in with_files.items():
         answer = hostile_call(open_app, name, params, secret_file)
         assert SECRET_FILE_MARK not in answer, name
@@ -204,6 +227,7 @@ DOORS = [
     ("POST", "/gradio_api/stream/abc"),
     ("POST", "/gradio_api/reset"),
     ("GET", "/gradio_api/mcp/schema"),
+    ("POST", "/gradio_api/mcp/"),
     ("GET", "/v1/models"),
     ("POST", "/generate"),
     ("POST", "/v1/chat/completions"),

@@ -25,6 +25,7 @@ RANK = {
     "llm": 2,
     "tts": 2,
     "client": 3,
+    "tools": 3,
     "pipeline": 4,
     "server": 5,
     "ui": 5,
@@ -187,7 +188,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_layers_point_down() -> None:
-    """Guards the layering: core < audio < stt/llm/tts < client < pipeline < server/ui < testing < bench < cli.
+    """Guards the layering: core < audio < stt/llm/tts < client/tools < pipeline < server/ui < testing < bench < cli.
 
     A module may import its own subpackage and strictly lower layers; equal
     layers that differ (stt -> llm, server -> ui) are violations. The package

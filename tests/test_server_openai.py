@@ -5,6 +5,7 @@ errors it raises for what we refuse."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -96,7 +97,7 @@ def test_chat_stream_ends_with_done(keyed_server: LiveServer) -> None:
     ("kwargs", "words"),
     [
         ({"n": 2}, ["n"]),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, ["tool"]),
+        ({"messages": [{"role": "tool", "content": "x"}]}, ["tool_call_id"]),
         (
             {
                 "messages": [
@@ -109,10 +110,10 @@ def test_chat_stream_ends_with_done(keyed_server: LiveServer) -> None:
             ["image_url", "only text"],
         ),
         ({"messages": []}, ["empty"]),
-        (
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-            ["tools"],
-        ),
+        ({"functions": [{"name": "f", "parameters": {}}]}, ["functions", "tools"]),
+        ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, ["tools[0]"]),
+        ({"tool_choice": "required"}, ["tool_choice", "tools"]),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "g"}, ["g"]),
         ({"temperature": 3}, ["temperature"]),
         ({"max_tokens": 0}, ["max_tokens"]),
         ({"messages": [{"role": "user", "content": "x" * 60_001}]}, ["MAX_TEXT_CHARS"]),
@@ -291,3 +292,97 @@ def test_zero_max_completion_tokens_names_the_field_sent(client: openai.OpenAI) 
             max_completion_tokens=0,
         )
     assert "`max_completion_tokens`" in info.value.body["message"]  # type: ignore[index]
+
+
+# --- tools --------------------------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+    },
+}
+
+
+def test_chat_returns_tool_calls_and_takes_their_results(
+    client: openai.OpenAI, keyed_fakes: FakeModels
+) -> None:
+    """Guards OpenAI's tool protocol end to end with the official client: `tools` reach the
+    engine, the model's call comes back as `tool_calls` (arguments a JSON string), and the
+    client's `tool` message carries the result back for the answer."""
+    question = {"role": "user", "content": "weather in Paris"}
+    first = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[question], tools=[WEATHER_TOOL]
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Calling. "  # what it said before the call, never the call
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"text": "weather in Paris"}
+    assert keyed_fakes.llm.last_tools[0]["function"]["name"] == "get_weather"
+
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            question,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+        ],
+        tools=[WEATHER_TOOL],
+    )
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.choices[0].message.content == "result: sunny, 21 C"
+    sent = keyed_fakes.llm.last_messages
+    assert sent[1]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": {"text": "weather in Paris"},
+    }
+    assert sent[2] == {
+        "role": "tool",
+        "content": "sunny, 21 C",
+        "tool_call_id": call.id,
+        "name": "get_weather",
+    }
+
+
+def test_chat_stream_returns_tool_calls(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == "Calling. " and "tool_call" not in text
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].index == 0 and calls[0].id.startswith("call_")
+    assert calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == {"text": "weather?"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_choice_none_and_named_reach_the_engine(
+    client: openai.OpenAI, keyed_fakes: FakeModels
+) -> None:
+    plain = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+    )
+    assert (
+        plain.choices[0].message.content == "echo: hi " and not plain.choices[0].message.tool_calls
+    )
+    assert keyed_fakes.llm.last_tool_choice == "none"
+    client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    assert keyed_fakes.llm.last_tool_choice == "get_weather"

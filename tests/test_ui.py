@@ -92,13 +92,18 @@ def test_blocks_wire_every_control(app):
         "send_audio",
         "stop",
         "clear",
-        "transcript",
+        "after_turn",
+        "ring",
+        "allow_actions",
         "toggle_hands_free",
         "hear",
         "hands_free_turn",
         "hands_free_stopped",
         "refresh",
         "self_test",
+        "transcribe",
+        "speak",
+        "chat",
     ):
         assert handler in names, handler
     kinds = {type(block).__name__ for block in demo.blocks.values()}
@@ -368,8 +373,9 @@ def test_diagnostics_render_the_snapshot_and_turns(app):
     ui = handlers.on_load()[0]
     drain(handlers.send_text("one", ui, *controls()))
     drain(handlers.send_text("two", ui, *controls()))
-    overview, models_html, summary, chart, table, env, raw = handlers.refresh()
+    overview, models_html, tools_html, summary, chart, table, env, raw = handlers.refresh()
     assert "RAM" in overview and "Offline" in overview
+    assert "<code>calculate</code>" in tools_html and "built-in" in tools_html
     assert "Language model" in models_html and "<code>fake</code>" in models_html
     assert "bitsandbytes probe" in env and "LOCAL_MODELS_DIR" in env
     assert "2 recent turns" in summary and "median" in summary

@@ -69,12 +69,30 @@ class ScriptedLLM:
         finally:
             generated.close()
 
-    def stream_reply(self, messages, settings=None, cancel=None, system_prompt=None):
+    def stream_reply(
+        self,
+        messages,
+        settings=None,
+        cancel=None,
+        system_prompt=None,
+        *,
+        tools=None,
+        tool_choice="auto",
+    ):
         stream = self._llm.stream_reply(messages, settings, cancel, system_prompt)
         stream.pieces = self._script(iter(stream.pieces))
         return stream
 
-    def generate_reply(self, messages, settings=None, cancel=None, system_prompt=None):
+    def generate_reply(
+        self,
+        messages,
+        settings=None,
+        cancel=None,
+        system_prompt=None,
+        *,
+        tools=None,
+        tool_choice="auto",
+    ):
         stream = self.stream_reply(messages, settings, cancel, system_prompt)
         text = "".join(stream)
         reply = stream.reply

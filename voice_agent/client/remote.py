@@ -9,7 +9,7 @@ the client, so the app can keep its models in a separate, long-running server
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 
 from voice_agent.client.http import VoiceAgentClient, read_wav
 from voice_agent.core.cancel import is_cancelled
-from voice_agent.core.errors import ModelLoadError
+from voice_agent.core.errors import InputError, ModelLoadError
 from voice_agent.core.loading import Attempt, LoadReport
 from voice_agent.llm.base import (
     ChatMessage,
@@ -26,6 +26,7 @@ from voice_agent.llm.base import (
     LLMCapabilities,
     Reply,
     ReplyStream,
+    ToolSpec,
 )
 from voice_agent.stt.base import AudioInput, STTCapabilities, Transcript
 from voice_agent.tts.base import AudioChunk, TTSCapabilities, Voice, WordTimer
@@ -81,7 +82,11 @@ class _Remote:
 
 
 class RemoteLLM(_Remote):
-    """`LLMEngine` over the REST API (`/generate`); cancelling closes the stream."""
+    """`LLMEngine` over the REST API (`/generate`); cancelling closes the stream.
+
+    It declares no `tools` capability (`/generate` carries none), so the agent's
+    turns on a remote model answer without tools.
+    """
 
     component = "llm"
 
@@ -97,7 +102,12 @@ class RemoteLLM(_Remote):
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
     ) -> ReplyStream:
+        if tools:
+            raise InputError("the remote LLM adapter does not pass tools to the server")
         sampling = asdict(settings or GenerationSettings())
         stream = ReplyStream(iter(()))
 
@@ -126,8 +136,11 @@ class RemoteLLM(_Remote):
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
     ) -> Reply:
-        return self.stream_reply(messages, settings, cancel, system_prompt).collect()
+        return self.stream_reply(messages, settings, cancel, system_prompt, tools=tools).collect()
 
 
 class RemoteSTT(_Remote):

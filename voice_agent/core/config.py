@@ -12,6 +12,8 @@ import functools
 import ipaddress
 import logging
 import os
+import re
+import shlex
 import warnings
 from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
@@ -45,10 +47,32 @@ DEFAULT_DIA = "nari-labs/Dia-1.6B-0626"
 DEFAULT_VITS = "facebook/mms-tts-eng"
 DEFAULT_MIMI = "kyutai/mimi"
 DEFAULT_TTS = {"dia2": DEFAULT_DIA2, "dia": DEFAULT_DIA, "vits": DEFAULT_VITS}
+# The built-in tools (voice_agent.tools), in the order the model sees them.
+BUILTIN_TOOLS = (
+    "current_time",
+    "calculate",
+    "convert_units",
+    "set_timer",
+    "list_timers",
+    "cancel_timer",
+)
 
 
 class SettingsError(VoiceAgentError, ValueError):
     """An environment variable has a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class McpServerSetting:
+    """One MCP_SERVERS entry: a streamable-HTTP `url`, or a stdio `command` (with its args)."""
+
+    name: str
+    url: str | None = None
+    command: tuple[str, ...] = ()
+
+    @property
+    def target(self) -> str:
+        return self.url or shlex.join(self.command)
 
 
 @dataclass(frozen=True)
@@ -204,6 +228,46 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "LOG_LEVEL", "INFO", "Logging level for the entry points: DEBUG | INFO | WARNING | ERROR."
     ),
+    # Tools.
+    Variable(
+        "TOOLS",
+        "all",
+        "Built-in tools the model may call: `all`, `none`, or a comma list of "
+        + ", ".join(BUILTIN_TOOLS)
+        + ".",
+    ),
+    Variable(
+        "TOOLS_MODULES",
+        None,
+        "Comma list of Python modules or `.py` files imported at start; every function in them "
+        "decorated with `@voice_agent.tools.tool` becomes a tool.",
+    ),
+    Variable(
+        "TOOLS_ALLOW_ACTIONS",
+        "0",
+        "1 = tools that act (timers, every MCP tool, `@tool(acts=True)`) may run by default; "
+        "0 = only reading the clock and computing, unless the user allows more in Settings.",
+    ),
+    Variable(
+        "TOOL_TIMEOUT_S", "30", "Longest a tool call may run (seconds); then the model is told."
+    ),
+    Variable(
+        "TIME_ZONE",
+        None,
+        "The user's IANA time zone for the clock tool (e.g. Europe/Paris). Unset: the machine's.",
+    ),
+    Variable(
+        "MCP_SERVERS",
+        None,
+        "MCP servers whose tools the model may call, `;`-separated, each `[name=]URL` "
+        "(streamable HTTP) or `[name=]command args` (stdio).",
+    ),
+    Variable(
+        "MCP_SERVER",
+        "1",
+        "1 = the app is an MCP server too (`/gradio_api/mcp/`: transcribe, speak, chat), behind "
+        "the same credentials as every door; 0 = off.",
+    ),
 )
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_OFFLINE", "HF_FORCE_OFFLINE")
@@ -250,6 +314,13 @@ class Settings:
     gradio_host: str
     gradio_port: int
     log_level: str
+    tools: tuple[str, ...] = BUILTIN_TOOLS
+    tools_modules: tuple[str, ...] = ()
+    tools_allow_actions: bool = False
+    tool_timeout_s: float = 30.0
+    time_zone: str | None = None
+    mcp_servers: tuple[McpServerSetting, ...] = ()
+    mcp_server: bool = True
 
     def public_dict(self) -> dict[str, object]:
         """Settings as JSON-able values with secrets masked (for doctor, /health)."""
@@ -259,6 +330,9 @@ class Settings:
                 value = "***" if value else None
             elif key == "gradio_auth":
                 value = [f"{user}:***" for user, _ in self.gradio_auth] or None
+            elif key == "mcp_servers":
+                # A URL or command line may hold a token: only names and transports are shown.
+                value = [f"{m.name} ({'http' if m.url else 'stdio'})" for m in self.mcp_servers]
             out[key] = str(value) if isinstance(value, Path) else value
         return out
 
@@ -324,6 +398,69 @@ def _logins(name: str, raw: str) -> tuple[tuple[str, str], ...]:
             )
         pairs.append((user.strip(), password))
     return tuple(pairs)
+
+
+def _tool_names(name: str, raw: str) -> tuple[str, ...]:
+    words = [w.strip() for w in raw.split(",") if w.strip()]
+    if [w.lower() for w in words] == ["all"]:
+        return BUILTIN_TOOLS
+    if [w.lower() for w in words] == ["none"]:
+        return ()
+    unknown = [w for w in words if w not in BUILTIN_TOOLS]
+    if unknown:
+        raise SettingsError(
+            f"{name} names unknown tools ({', '.join(unknown)}); accepted values: all, none, "
+            f"or a comma list of {', '.join(BUILTIN_TOOLS)}."
+        )
+    return tuple(t for t in BUILTIN_TOOLS if t in words)
+
+
+_MCP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _mcp_servers(name: str, raw: str) -> tuple[McpServerSetting, ...]:
+    """`[name=]URL` or `[name=]command args`, `;`-separated (names default to mcp1, mcp2...)."""
+    servers: list[McpServerSetting] = []
+    for i, entry in enumerate((e.strip() for e in raw.split(";")), start=1):
+        if not entry:
+            continue
+        label, sep, target = entry.partition("=")
+        if not sep or not _MCP_NAME.match(label.strip()) or label.strip().startswith(("http", "/")):
+            label, target = f"mcp{i}", entry
+        label, target = label.strip(), target.strip()
+        if any(s.name == label for s in servers):
+            raise SettingsError(
+                f"{name}: the name {label!r} is used twice; give each server its own."
+            )
+        if target.startswith(("http://", "https://")):
+            servers.append(McpServerSetting(label, url=target))
+            continue
+        try:
+            command = tuple(shlex.split(target))
+        except ValueError as exc:
+            raise SettingsError(f"{name}: entry {i} is not a valid command line ({exc}).") from None
+        if not command:
+            raise SettingsError(
+                f"{name}: entry {i} is empty; accepted values: `[name=]http(s)://URL` or "
+                "`[name=]command args`, separated by `;`."
+            )
+        servers.append(McpServerSetting(label, command=command))
+    return tuple(servers)
+
+
+def _time_zone(name: str, raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(raw.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"{name}={raw!r} is not a time zone; accepted values: IANA names such as "
+            "Europe/Paris, America/New_York or UTC."
+        ) from None
+    return raw.strip()
 
 
 def offline_from(env: Mapping[str, str]) -> tuple[bool, str | None]:
@@ -426,6 +563,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=_choice(
             "LOG_LEVEL", text("LOG_LEVEL"), ("debug", "info", "warning", "error")
         ).upper(),
+        tools=_tool_names("TOOLS", text("TOOLS")),
+        tools_modules=tuple(
+            m.strip() for m in (optional("TOOLS_MODULES") or "").split(",") if m.strip()
+        ),
+        tools_allow_actions=parse_bool("TOOLS_ALLOW_ACTIONS", text("TOOLS_ALLOW_ACTIONS")),
+        tool_timeout_s=float(_number("TOOL_TIMEOUT_S", text("TOOL_TIMEOUT_S"), float, 0.1, 3_600)),
+        time_zone=_time_zone("TIME_ZONE", optional("TIME_ZONE")),
+        mcp_servers=_mcp_servers("MCP_SERVERS", optional("MCP_SERVERS") or ""),
+        mcp_server=parse_bool("MCP_SERVER", text("MCP_SERVER")),
     )
 
 

@@ -9,6 +9,7 @@ model. Keys: `ok`, `settings`, `hardware`, `offline`, `bitsandbytes`,
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 import time
@@ -17,6 +18,8 @@ from importlib import metadata
 from typing import Any
 
 from voice_agent.core.config import OFFLINE_VARIABLES, Settings, configured_models, get_settings
+
+log = logging.getLogger(__name__)
 
 STARTED_AT = time.time()
 PACKAGES = (
@@ -128,7 +131,7 @@ def snapshot(
 
     Args:
         models: the cached loader's `LoadedModels`, when models are (being) loaded.
-        agent: the `Agent`, for recent turn timings.
+        agent: the `Agent`, for recent turn timings and the tools on offer.
         resolve: also look each configured model up on disk (no download); the
             default does so only when `models` is None (doctor).
     """
@@ -153,4 +156,18 @@ def snapshot(
         "versions": versions(),
         "turns": agent.recent_timings() if agent is not None else None,
         **{name: info() for name, info in SECTIONS.items()},
+        "tools": _tools(agent),
     }
+
+
+def _tools(agent: Any | None) -> dict[str, Any] | None:
+    """The agent's tools and MCP servers (None without an agent, or for one without tools)."""
+    describe = getattr(agent, "describe_tools", None)
+    if not callable(describe):
+        return None
+    try:
+        tools: dict[str, Any] = describe()
+    except Exception as exc:  # a snapshot must not fail on one part
+        log.warning("describing the tools failed: %s", exc)
+        return {"notes": [f"the tools could not be listed: {type(exc).__name__}: {exc}"]}
+    return tools

@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 from voice_agent.core.loading import LoadReport
 
-Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length", "cancelled"]
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
+# A tool as the chat template and OpenAI's API take it:
+# {"type": "function", "function": {"name", "description", "parameters": JSON schema}}.
+ToolSpec = Mapping[str, Any]
 
 
 class ChatMessage(TypedDict):
+    """One message. An assistant message may carry the `tool_calls` it made (OpenAI's shape,
+    arguments as an object); a `tool` message answers one, naming it in `name` and
+    `tool_call_id`."""
+
     role: Role
     content: str
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
+    name: NotRequired[str]
+
+
+@dataclass
+class ToolCall:
+    """A call the model asked for. `error` says why it cannot run as written (malformed)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    raw: str = ""  # the call as the model wrote it, when it could not be read (for API clients)
+
+    def as_message(self) -> dict[str, Any]:
+        """The call as an assistant message's `tool_calls` entry (OpenAI's shape)."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
 
 
 @dataclass(frozen=True)
@@ -39,6 +68,7 @@ class Reply:
     seconds: float = 0.0
     first_token_seconds: float | None = None
     trimmed_messages: int = 0  # oldest history messages dropped to fit the context
+    tool_calls: list[ToolCall] = field(default_factory=list)  # finish_reason "tool_calls"
 
 
 @dataclass
@@ -66,10 +96,13 @@ class LLMCapabilities:
     Attributes:
         streaming: `stream_reply` yields pieces as they are generated (False: all at the end).
         cancel: a cancelled token stops generation within a step.
+        tools: `stream_reply(tools=...)` renders the tools into the prompt and parses the
+            model's tool calls into `Reply.tool_calls`.
     """
 
     streaming: bool = True
     cancel: bool = True
+    tools: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +122,9 @@ class LLMEngine(Protocol):
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
     ) -> Reply: ...
 
     def stream_reply(
@@ -97,4 +133,7 @@ class LLMEngine(Protocol):
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
     ) -> ReplyStream: ...

@@ -14,6 +14,10 @@ Prompt cache: a conversation's next prompt starts with the last one (system prom
 history, the last reply), so the KV cache of the last generation is kept with the
 token ids it holds, cut back to the part the next prompt shares, and only the rest is
 prefilled (`PromptCache`, `last_prefill`).
+
+Tools: `stream_reply(tools=...)` renders them through the model's chat template and
+parses what the model writes back (`llm.tool_calls`): the pieces carry only what the
+model says, never the call itself, and `Reply.tool_calls` holds the calls.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from voice_agent.llm.base import (
     LLMCapabilities,
     Reply,
     ReplyStream,
+    ToolSpec,
 )
 from voice_agent.llm.errors import GenerationError
 from voice_agent.llm.prompt import (
@@ -60,6 +65,7 @@ from voice_agent.llm.prompt import (
 )
 from voice_agent.llm.strategies import LLMStrategy, plan_chain, to_strategies
 from voice_agent.llm.streaming import Finished, TokenFeed, stop_signal
+from voice_agent.llm.tool_calls import check_tools, forced_prefix, supports_tools, with_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +213,9 @@ class OpenSourceLLM:
         assert chosen is not None  # run_chain raises otherwise
         self.strategy: LLMStrategy = self._strategies[chosen.strategy]
         self.context_length = self._context_length()
-        self.capabilities = LLMCapabilities(streaming=True, cancel=True)
+        self.capabilities = LLMCapabilities(streaming=True, cancel=True, tools=True)
+        # Tools go through the model's own template when it has them, else the generic form.
+        self.tool_format = "template" if supports_tools(self.tokenizer) else "generic-json"
         report_progress(1.0, self.report.summary())
 
     # --- loading --------------------------------------------------------------------------
@@ -276,6 +284,7 @@ class OpenSourceLLM:
             "dtype": self.strategy.dtype,
             "quantization": self.strategy.quantization,
             "context_length": self.context_length,
+            "tool_format": self.tool_format,
             "busy": self._lock.locked(),
             "report": self.report.as_dict(),
         }
@@ -304,6 +313,8 @@ class OpenSourceLLM:
         cancel: object | None = None,
         system_prompt: str | None = None,
         *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
         wait_s: float | None = None,
     ) -> Reply:
         """Answer `messages` (or one user string) and return the whole reply.
@@ -315,6 +326,10 @@ class OpenSourceLLM:
                 the current token and the partial reply comes back with finish_reason
                 "cancelled".
             system_prompt: replaces the conversation's system message; "" for none.
+            tools: function tools the model may call (OpenAI's shape); its calls come
+                back in `Reply.tool_calls` (finish_reason "tool_calls").
+            tool_choice: "auto", "none" (tools not shown), "required" (some call) or a
+                tool's name (that call): the last two start the model's turn with the call.
             wait_s: how long to wait for a busy model (default `busy_timeout_s`).
 
         Raises:
@@ -322,7 +337,15 @@ class OpenSourceLLM:
             BusyError: another request held the model for longer than `wait_s`.
             GenerationError: the model failed while generating.
         """
-        return self.stream_reply(messages, settings, cancel, system_prompt, wait_s=wait_s).collect()
+        return self.stream_reply(
+            messages,
+            settings,
+            cancel,
+            system_prompt,
+            tools=tools,
+            tool_choice=tool_choice,
+            wait_s=wait_s,
+        ).collect()
 
     def stream_reply(
         self,
@@ -331,6 +354,8 @@ class OpenSourceLLM:
         cancel: object | None = None,
         system_prompt: str | None = None,
         *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
         wait_s: float | None = None,
     ) -> ReplyStream:
         """Like `generate_reply`, but iterate the returned stream for text pieces as they come.
@@ -343,12 +368,17 @@ class OpenSourceLLM:
         gen = settings or GenerationSettings()
         check_generation_settings(gen, self.context_length)
         checked = self._messages(messages, system_prompt)
+        specs = check_tools(tools, tool_choice)
+        if tool_choice == "none":
+            specs = []
+        template_tools = self.tool_format == "template"
+        prefix = forced_prefix(tool_choice, template_tools=template_tools) if specs else ""
         if self.model is None:
             raise GenerationError("The language model was closed.")
         self._acquire(wait_s)
         try:
             fitted = fit_to_context(
-                self.tokenizer, checked, gen.max_new_tokens, self.context_length
+                self.tokenizer, checked, gen.max_new_tokens, self.context_length, specs, prefix
             )
         except BaseException:
             self._lock.release()
@@ -380,6 +410,8 @@ class OpenSourceLLM:
         # A stream dropped unread never runs its generator's cleanup; stop generating for
         # nobody when it is collected instead of running on to max_new_tokens.
         weakref.finalize(stream, stop_event.set)
+        if specs:
+            with_tool_calls(stream, prefix)
         if is_cancelled(cancel):
             stop_event.set()
             self._release(stop_event)

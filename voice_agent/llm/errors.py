@@ -67,3 +67,9 @@ class TemperatureError(InvalidGenerationSettingsError):
 
 class GenerationError(VoiceAgentError):
     """The model raised while generating (not the caller's fault); the cause is chained."""
+
+
+class InvalidToolsError(InputError):
+    """`tools` or `tool_choice` is not something the model can be given."""
+
+    code = "invalid_tools"

@@ -3,11 +3,14 @@
 `normalize_messages` and `check_generation_settings` reject bad input with a specific
 `InputError` before any model work. `fit_to_context` renders the chat template and drops
 the oldest turns (never a system message, never the latest user turn) until the prompt
-plus `max_new_tokens` fits, counting with the model's own tokenizer.
+plus `max_new_tokens` fits, counting with the model's own tokenizer. A turn is a user
+message and everything after it up to the next one, so a tool call and its result are
+dropped together with the question that led to them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from voice_agent.llm.errors import (
     TemperatureError,
     UnknownRoleError,
 )
+from voice_agent.llm.tool_calls import generic_messages, supports_tools
 
 ROLES: tuple[str, ...] = get_args(Role)
 # A voice reply is a few sentences; anything near this is a mistake, not a request.
@@ -69,6 +73,8 @@ def normalize_messages(
                 f"message {i} must be an object with 'role' and 'content', got {message!r:.80}."
             )
         role, content = message["role"], message["content"]
+        if content is None and role == "assistant" and message.get("tool_calls"):
+            content = ""  # a turn that only calls tools says nothing
         if role not in ROLES:
             raise UnknownRoleError(
                 f"message {i} has role {role!r}; accepted roles: {', '.join(ROLES)}."
@@ -82,7 +88,7 @@ def normalize_messages(
                 f"message {i} ({role}) has {len(content)} characters; the limit is {max_chars} "
                 "(MAX_TEXT_CHARS)."
             )
-        checked.append({"role": role, "content": content})
+        checked.append(_checked_message(i, role, content, message))
     if system_prompt is not None:
         while checked and checked[0]["role"] == "system":
             checked.pop(0)
@@ -96,6 +102,49 @@ def normalize_messages(
     if last["role"] == "user" and not last["content"].strip():
         raise EmptyMessageError("The message is empty; say or type something first.")
     return checked
+
+
+def _checked_message(i: int, role: Any, content: str, message: Mapping[str, Any]) -> ChatMessage:
+    """The message with the tool fields its role may carry, checked."""
+    out: ChatMessage = {"role": role, "content": content}
+    calls = message.get("tool_calls")
+    if calls and role == "assistant":
+        if not isinstance(calls, Sequence) or isinstance(calls, str):
+            raise InvalidMessageError(f"message {i} has tool_calls that are not a list.")
+        out["tool_calls"] = [_checked_call(i, j, call) for j, call in enumerate(calls)]
+    if role == "tool":
+        call_id, name = message.get("tool_call_id"), message.get("name")
+        if isinstance(call_id, str) and call_id:
+            out["tool_call_id"] = call_id
+        if isinstance(name, str) and name:
+            out["name"] = name
+    return out
+
+
+def _checked_call(i: int, j: int, call: Any) -> dict[str, Any]:
+    """One `tool_calls` entry in OpenAI's shape, its arguments an object (templates print them)."""
+    function = call.get("function", call) if isinstance(call, Mapping) else None
+    name = function.get("name") if isinstance(function, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidMessageError(
+            f"message {i}, tool call {j} must be {{'function': {{'name', 'arguments'}}}}."
+        )
+    assert isinstance(function, Mapping) and isinstance(call, Mapping)
+    arguments = function.get("arguments") or {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            raise InvalidMessageError(
+                f"message {i}, tool call {j}: the arguments are not valid JSON."
+            ) from None
+    if not isinstance(arguments, Mapping):
+        raise InvalidMessageError(f"message {i}, tool call {j}: the arguments must be an object.")
+    return {
+        "id": str(call.get("id") or f"call_{i}_{j}"),
+        "type": "function",
+        "function": {"name": name, "arguments": dict(arguments)},
+    }
 
 
 def check_generation_settings(settings: GenerationSettings, context_length: int) -> None:
@@ -147,11 +196,26 @@ class FittedPrompt:
     dropped: int
 
 
-def render(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
-    """Token ids of `messages` through the chat template, ready for the assistant's turn."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render(
+    tokenizer: Any,
+    messages: list[ChatMessage],
+    tools: list[dict[str, Any]] | None = None,
+    prefix: str = "",
+) -> list[int]:
+    """Token ids of `messages` through the chat template, ready for the assistant's turn.
+
+    `tools` go through the template's own `tools` (or, for a template without them, into
+    the system message: `tool_calls.generic_messages`); `prefix` starts the assistant's
+    turn (a forced tool call).
+    """
+    has_tool_messages = any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+    if (tools or has_tool_messages) and not supports_tools(tokenizer):
+        messages, tools = generic_messages(messages, tools or []), None
+    text = tokenizer.apply_chat_template(
+        messages, tools=tools or None, tokenize=False, add_generation_prompt=True
+    )
     # The template writes any BOS itself; adding special tokens again would double it.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text + prefix, add_special_tokens=False)["input_ids"])
 
 
 def _turn_starts(messages: list[ChatMessage]) -> list[int]:
@@ -171,7 +235,12 @@ def _drop_turns(messages: list[ChatMessage], starts: list[int], k: int) -> list[
 
 
 def fit_to_context(
-    tokenizer: Any, messages: list[ChatMessage], max_new_tokens: int, context_length: int
+    tokenizer: Any,
+    messages: list[ChatMessage],
+    max_new_tokens: int,
+    context_length: int,
+    tools: list[dict[str, Any]] | None = None,
+    prefix: str = "",
 ) -> FittedPrompt:
     """Drop the oldest turns until prompt + `max_new_tokens` fits in `context_length`.
 
@@ -182,7 +251,11 @@ def fit_to_context(
         PromptTooLongError: even the latest turn alone (with the system prompt) does not fit.
     """
     budget = context_length - max_new_tokens
-    ids = render(tokenizer, messages)
+
+    def ids_of(kept: list[ChatMessage]) -> list[int]:
+        return render(tokenizer, kept, tools, prefix)
+
+    ids = ids_of(messages)
     if len(ids) <= budget:
         return FittedPrompt(ids, messages, 0)
     starts = _turn_starts(messages)
@@ -191,13 +264,13 @@ def fit_to_context(
     while low <= high:
         k = (low + high) // 2
         kept = _drop_turns(messages, starts, k)
-        kept_ids = render(tokenizer, kept)
+        kept_ids = ids_of(kept)
         if len(kept_ids) <= budget:
             best, high = (kept_ids, kept, k), k - 1
         else:
             low = k + 1
     if best is None:
-        alone = len(render(tokenizer, _drop_turns(messages, starts, len(starts) - 1)))
+        alone = len(ids_of(_drop_turns(messages, starts, len(starts) - 1)))
         raise PromptTooLongError(
             f"The message needs {alone} tokens and the reply up to {max_new_tokens} more, "
             f"but the model's context holds {context_length} tokens, even after dropping the "

@@ -9,7 +9,9 @@ Each stage is one module of this package, and typed values pass between them:
 - `hear`: the user's words. A recording is decoded and run through the speech
   gate once, and the STT engine gets the result as a `Speech` value (`Heard`).
 - `think`: the LLM's reply to them, streamed on a worker; each piece goes to
-  the caller and into a `TextFeed`; what the history keeps of the reply.
+  the caller and into a `TextFeed`; what the history keeps of the reply. When
+  the model calls tools, `act` runs them (a filler is said if they take long)
+  and the model answers with their results.
 - `speak`: the feed's text -> phrases (one `Phrasing` for the one splitter,
   chosen from the engine's declared `capabilities`) -> audio chunks, on a
   second worker, so speech starts after the first phrase instead of after the
@@ -32,6 +34,7 @@ session waits `busy_wait_s` for the first and is otherwise refused with a
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import threading
@@ -47,6 +50,7 @@ from voice_agent.core.cancel import CancelToken
 from voice_agent.core.config import Settings
 from voice_agent.core.errors import BusyError, InputError, ModelUnavailableError
 from voice_agent.llm.base import ChatMessage, GenerationSettings
+from voice_agent.pipeline.act import FILLER, FILLER_AFTER_S, Acting
 from voice_agent.pipeline.hear import NO_SPEECH_HINT, Heard, hear_audio, hear_text, stt_unavailable
 from voice_agent.pipeline.models import LoadedModels, get_models
 from voice_agent.pipeline.relay import WORKER_JOIN_S, Relay, Relayed
@@ -77,9 +81,14 @@ from voice_agent.pipeline.turn import (
     reason,
 )
 from voice_agent.stt.base import AudioInput
+from voice_agent.tools.base import ToolContext
+from voice_agent.tools.clock import local_zone
+from voice_agent.tools.timer_board import TimerBoard
+from voice_agent.tools.toolbox import Toolbox
 from voice_agent.tts.base import TTSEngine
 
 __all__ = [
+    "FILLER",
     "FIRST_PHRASE_WORDS",
     "INTERRUPTED_SUFFIX",
     "MAX_UNSPOKEN_WORDS",
@@ -124,6 +133,7 @@ class _Turn:
     token: CancelToken
     user: ChatMessage | None = None
     parts: list[str] = field(default_factory=list)
+    reply: ReplyStart | None = None  # its steps: the tool calls and results, in order
     committed: bool = False
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -132,9 +142,14 @@ class _Turn:
 class Session:
     """One conversation: its history, system prompt, sampling settings and voice.
 
-    `history` holds only valid `ChatMessage`s (what the LLM gets); `interrupted`
-    runs parallel to it and is True for replies cut short by cancel (their
-    content ends with " …"). Sessions share nothing.
+    `history` holds only valid `ChatMessage`s (what the LLM gets), tool calls and
+    their results included; `interrupted` runs parallel to it and is True for
+    replies cut short by cancel (their content ends with " …"). Sessions share
+    nothing.
+
+    Tools: `tools` switches them off for this conversation; `allow_actions` is the
+    user's consent to tools that act (None: TOOLS_ALLOW_ACTIONS); `ring_timers` says
+    the conversation has a tab that rings its timers (the UI sets it).
     """
 
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -144,6 +159,9 @@ class Session:
     voice: str | None = None
     interrupted: list[bool] = field(default_factory=list)
     turns: int = 0
+    tools: bool = True
+    allow_actions: bool | None = None
+    ring_timers: bool = False
     _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _turn: _Turn | None = field(default=None, repr=False)
 
@@ -160,8 +178,15 @@ class Session:
 
     def transcript(self) -> str:
         """The conversation as plain text, one 'Role: content' paragraph per message."""
-        names = {"user": "You", "assistant": "Assistant", "system": "System"}
-        return "\n\n".join(f"{names[m['role']]}: {m['content']}" for m in self.history)
+        names = {"user": "You", "assistant": "Assistant", "system": "System", "tool": "Tool"}
+        lines = []
+        for m in self.history:
+            text = m["content"]
+            for call in m.get("tool_calls", []):
+                function = call["function"]
+                text = f"{text} [calls {function['name']}({json.dumps(function['arguments'])})]"
+            lines.append(f"{names[m['role']]}: {text.strip()}")
+        return "\n\n".join(lines)
 
 
 class Agent:
@@ -174,6 +199,8 @@ class Agent:
             there (0: never), so a run-on reply does not hold speech back.
         first_phrase_words: speak the first phrase after this many words without
             waiting for the sentence to end (0: off; Dia2 phrases words itself).
+        tools: the tools turns may use (default `Toolbox.from_settings`, built on first use).
+        filler_after_s: say the filler when tools run longer than this (seconds).
     """
 
     def __init__(
@@ -183,17 +210,58 @@ class Agent:
         busy_wait_s: float = 2.0,
         max_unspoken_words: int = MAX_UNSPOKEN_WORDS,
         first_phrase_words: int = FIRST_PHRASE_WORDS,
+        tools: Toolbox | None = None,
+        filler_after_s: float = FILLER_AFTER_S,
     ) -> None:
         self.models = models
         self.busy_wait_s = busy_wait_s
         self.max_unspoken_words = max_unspoken_words
         self.first_phrase_words = first_phrase_words
+        self.filler_after_s = filler_after_s
+        self.timers = TimerBoard()
+        self._toolbox = tools
+        self._toolbox_lock = threading.Lock()
         self._timings: deque[TurnTimings] = deque(maxlen=RECENT_TURNS)
         self._timings_lock = threading.Lock()
 
     @property
     def settings(self) -> Settings:
         return self.models.settings
+
+    @property
+    def toolbox(self) -> Toolbox:
+        """The tools on offer (built from the settings on first use: MCP servers connect)."""
+        with self._toolbox_lock:
+            if self._toolbox is None:
+                self._toolbox = Toolbox.from_settings(self.settings)
+            return self._toolbox
+
+    def describe_tools(self) -> dict[str, Any]:
+        """For the Diagnostics tab: each tool and where it came from, and the MCP servers."""
+        return {
+            **self.toolbox.describe(),
+            "allow_actions_default": self.settings.tools_allow_actions,
+        }
+
+    def _acting(self, session: Session, token: CancelToken, spoken: bool) -> Acting:
+        zone = self.settings.time_zone
+        if zone:
+            from zoneinfo import ZoneInfo
+
+            time_zone: Any = ZoneInfo(zone)
+        else:
+            time_zone = local_zone()
+        allow = session.allow_actions
+        context = ToolContext(
+            session_id=session.id,
+            cancel=token,
+            allow_actions=self.settings.tools_allow_actions if allow is None else allow,
+            timers=self.timers if session.ring_timers else None,
+            time_zone=time_zone,
+        )
+        return Acting(
+            self.toolbox, context, speak_filler=spoken, filler_after_s=self.filler_after_s
+        )
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -204,7 +272,15 @@ class Agent:
         sampling = {k: overrides.pop(k) for k in list(overrides) if hasattr(generation, k)}
         if sampling:
             generation = replace(generation, **sampling)
-        allowed = {"system_prompt", "voice", "history", "id"}
+        allowed = {
+            "system_prompt",
+            "voice",
+            "history",
+            "id",
+            "tools",
+            "allow_actions",
+            "ring_timers",
+        }
         unknown = set(overrides) - allowed
         if unknown:
             raise TypeError(f"unknown session settings: {', '.join(sorted(unknown))}")
@@ -232,6 +308,7 @@ class Agent:
         text: str | None = None,
         cancel: CancelToken | None = None,
         speech_ended_at: float | None = None,
+        speak: bool = True,
     ) -> Iterator[TurnEvent]:
         """Run one turn and yield its events as they happen.
 
@@ -242,6 +319,7 @@ class Agent:
             cancel: a token the caller can cancel; `Agent.cancel` cancels it too.
             speech_ended_at: `time.perf_counter()` when the user stopped speaking
                 (hands-free knows it); default: now.
+            speak: False for a reply in text only (no TTS, no filler).
         """
         clock = TurnClock(speech_ended_at if speech_ended_at is not None else time.perf_counter())
         timings = TurnTimings(session_id=session.id, input="audio" if audio is not None else "text")
@@ -260,7 +338,7 @@ class Agent:
         timings.turn = session.turns
         finished = False
         try:
-            yield from self._turn_events(session, turn, timings, clock, audio, text)
+            yield from self._turn_events(session, turn, timings, clock, audio, text, speak)
             finished = True
         finally:
             if not finished:
@@ -306,9 +384,13 @@ class Agent:
             turn.committed = True
             return
         turn.committed = True
+        steps = list(turn.reply.steps) if turn.reply is not None else []
+        answer_from = turn.reply.answer_from if turn.reply is not None else 0
         session.history.append(turn.user)
-        session.history.append(assistant_message(turn.parts, interrupted=interrupted))
-        session.interrupted.extend([False, interrupted])
+        session.history.extend(steps)
+        answer = "".join(turn.parts)[answer_from:]
+        session.history.append(assistant_message([answer], interrupted=interrupted))
+        session.interrupted.extend([False] * (1 + len(steps)) + [interrupted])
 
     def _error(
         self,
@@ -336,6 +418,7 @@ class Agent:
         clock: TurnClock,
         audio: AudioInput | None,
         text: str | None,
+        speak: bool = True,
     ) -> Iterator[TurnEvent]:
         token = turn.token
 
@@ -367,14 +450,17 @@ class Agent:
         except ModelUnavailableError as exc:
             yield self._error(exc, timings, clock, "llm_unavailable")
             return
-        tts: TTSEngine | None
-        try:
-            tts = self.models.require("tts")
-        except ModelUnavailableError as exc:
-            tts = None
-            yield TurnEvent(
-                "notice", f"{exc} Replying in text only.", code="tts_unavailable", error=exc
-            )
+        tts: TTSEngine | None = None
+        if speak:
+            try:
+                tts = self.models.require("tts")
+            except ModelUnavailableError as exc:
+                yield TurnEvent(
+                    "notice", f"{exc} Replying in text only.", code="tts_unavailable", error=exc
+                )
+        acting = None
+        if session.tools and llm.capabilities.tools:
+            acting = self._acting(session, token, spoken=tts is not None)
         try:
             reply = start_reply(
                 llm,
@@ -385,6 +471,7 @@ class Agent:
                 system_prompt=session.system_prompt,
                 cancel=token,
                 timeout_s=self.settings.server_timeout_s,
+                tools=acting.toolbox.specs() if acting is not None else None,
             )
         except StageError as exc:
             yield self._error(exc.error, timings, clock, exc.code, exc.message)
@@ -392,10 +479,12 @@ class Agent:
         except StageCancelled:
             yield self._ended_early(timings, clock)
             return
-        turn.user = reply.user
+        turn.user, turn.reply = reply.user, reply
 
-        # 3. Think and speak on workers; the relay yields their output as it arrives.
-        relayed = yield from self._think_and_speak(session, turn, reply, tts, timings, clock)
+        # 3. Think (and act) and speak on workers; the relay yields their output as it arrives.
+        relayed = yield from self._think_and_speak(
+            session, turn, reply, tts, timings, clock, acting
+        )
 
         # 4. The end: exactly one done or error.
         reply_text = "".join(turn.parts)
@@ -427,6 +516,7 @@ class Agent:
         tts: TTSEngine | None,
         timings: TurnTimings,
         clock: TurnClock,
+        acting: Acting | None = None,
     ) -> Generator[TurnEvent, None, Relayed]:
         """The reply written (think) and spoken (speak) on workers, relayed as it comes."""
         token = turn.token
@@ -438,7 +528,15 @@ class Agent:
         relay.start(
             "think",
             partial(
-                think, reply, relay, feed, cancel=token, speech=speech, timings=timings, clock=clock
+                think,
+                reply,
+                relay,
+                feed,
+                cancel=token,
+                speech=speech,
+                timings=timings,
+                clock=clock,
+                acting=acting,
             ),
         )
         if tts is not None:
@@ -477,6 +575,45 @@ class Agent:
         return hear_audio(
             audio, stt, self.models.gates["stt"], self.settings, cancel=token, timings=timings
         )
+
+    def transcribe(self, audio: AudioInput) -> str:
+        """The words in a recording, as a turn hears them (same checks, speech gate and STT
+        gate): the app's `transcribe` API and MCP tool. "" when there is no speech.
+
+        Raises:
+            VoiceAgentError: bad audio (an `InputError`), no STT, a busy or failing one.
+        """
+        try:
+            stt = self.models.require("stt")
+        except ModelUnavailableError as exc:
+            raise stt_unavailable(exc).error from exc
+        try:
+            heard = hear_audio(
+                audio,
+                stt,
+                self.models.gates["stt"],
+                self.settings,
+                cancel=CancelToken(),
+                timings=TurnTimings(),
+            )
+        except StageError as exc:
+            raise exc.error from None
+        except StageCancelled:  # nobody cancels this token
+            raise BusyError("the speech recogniser could not be had") from None
+        return heard.text
+
+    def say(self, text: str, voice: str | None = None) -> tuple[int, Any]:
+        """`(sample_rate, samples)` of `text` spoken, under the TTS gate (timers, the MCP tool).
+
+        Raises:
+            ModelUnavailableError, BusyError, InputError: no TTS, a busy one, bad text.
+        """
+        try:
+            clean = hear_text(text, self.settings).text
+        except StageError as exc:
+            raise exc.error from None
+        tts = self.models.require("tts")
+        return self._gated("tts", lambda: tts.synthesize(clean, voice))
 
     def _gated(self, component: str, work: Callable[[], T]) -> T:
         """Run `work` holding `component`'s gate (for calls outside a turn: the self-test)."""

@@ -1,7 +1,7 @@
 """Relay: the stage workers' output, merged into the turn's events in arrival order.
 
 The think and speak stages run on their own threads and `put` typed messages
-(`TextOut`, `AudioOut`, `SpeechFailed`, `StageDone`) here; `Relay.events`, on
+(`TextOut`, `AudioOut`, `ToolOut`, `FillerOut`, `SpeechFailed`, `StageDone`) here; `Relay.events`, on
 the caller's thread, turns them into `TurnEvent`s as they arrive, until every
 started stage is done. Text after a cancel is kept (it belongs to the
 interrupted reply) but not relayed; audio after a cancel is dropped. A worker
@@ -21,6 +21,7 @@ from typing import Literal
 
 from voice_agent.core.cancel import CancelToken
 from voice_agent.pipeline.turn import TurnEvent, reason
+from voice_agent.tools.base import ToolRecord
 from voice_agent.tts.base import AudioChunk
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,20 @@ class AudioOut:
 
 
 @dataclass(frozen=True)
+class ToolOut:
+    """A tool call started (status "running") or ended, from the think stage."""
+
+    record: ToolRecord
+
+
+@dataclass(frozen=True)
+class FillerOut:
+    """The short phrase said while a tool runs long ("One moment.")."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class SpeechFailed:
     """The speak stage stopped (engine error or full queue); the reply goes on as text."""
 
@@ -61,7 +76,7 @@ class StageDone:
     error: Exception | None = None
 
 
-Message = TextOut | AudioOut | SpeechFailed | StageDone
+Message = TextOut | AudioOut | ToolOut | FillerOut | SpeechFailed | StageDone
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,11 @@ class Relay:
             elif isinstance(message, AudioOut):
                 if not stopped():
                     yield TurnEvent("audio", audio=message.chunk)
+            elif isinstance(message, ToolOut):
+                yield TurnEvent("tool", message.record.name, tool=message.record)
+            elif isinstance(message, FillerOut):
+                if not cancel.cancelled:
+                    yield TurnEvent("notice", message.text, code="filler")
             elif isinstance(message, SpeechFailed):
                 log.warning("speech stopped mid-reply: %r", message.error)
                 yield TurnEvent(

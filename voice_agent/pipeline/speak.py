@@ -63,15 +63,32 @@ class SpeechStop:
         return self.cancelled
 
 
+class _AnswerMark:
+    """Feed marker: what follows is the answer written after the tools (not the filler)."""
+
+
 class TextFeed:
     """The reply's text pieces, from the think stage (`put`, `close`) to the speak stage."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[str | _AnswerMark | None] = queue.Queue()
         self.waited_s = 0.0  # time the reader spent waiting for text (not compute)
+        # The TTS has taken text of the answer written after the tools: audio made from now
+        # on is the answer's, not the filler's (for `TurnTimings.answer_audio`).
+        self.answer_reached = False
+        self._tools = False
 
     def put(self, piece: str) -> None:
         self._queue.put(piece)
+
+    def mark_answer(self) -> None:
+        """The tools have run; the pieces from here on are the answer."""
+        self._tools = True
+        self._queue.put(_AnswerMark())
+
+    @property
+    def after_tools(self) -> bool:
+        return self._tools
 
     def close(self) -> None:
         """No more text: the reader's iterator ends after what is queued."""
@@ -95,6 +112,9 @@ class TextFeed:
                 CPU_CORES.working("tts")
             if piece is None:
                 return
+            if isinstance(piece, _AnswerMark):
+                self.answer_reached = True
+                continue
             yield piece
 
 
@@ -151,6 +171,8 @@ def speak(
                 now = clock.elapsed()
                 if timings.first_audio is None:
                     timings.first_audio = now
+                if feed.answer_reached and timings.answer_audio is None:
+                    timings.answer_audio = now
                 timings.last_audio = now
                 timings.audio_s += len(chunk.samples) / float(chunk.sample_rate)
                 relay.put(AudioOut(chunk))

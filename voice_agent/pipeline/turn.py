@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from voice_agent.core.errors import BusyError, ModelUnavailableError
+from voice_agent.tools.base import ToolRecord
 from voice_agent.tts.base import AudioChunk
 
-EventKind = Literal["transcript", "text", "audio", "done", "error", "notice"]
+EventKind = Literal["transcript", "text", "audio", "tool", "done", "error", "notice"]
 STAGES = (
     "transcript_ready",
     "first_token",
@@ -23,12 +24,20 @@ STAGES = (
     "stt_s",
     "llm_s",
     "tts_s",
+    "tool_s",
+    "answer_audio",
 )
 
 
 @dataclass
 class TurnTimings:
-    """Seconds since the end of user speech (or text submit), plus compute per stage."""
+    """Seconds since the end of user speech (or text submit), plus compute per stage.
+
+    A turn that calls tools also has `tool_calls`, `tool_s` (time the tools ran),
+    `filler_at` (when "One moment." went to the voice, if a tool ran long),
+    `answer_token` and `answer_audio` (the first word and first sound of the answer
+    written after the tools; `first_audio` may be the filler's).
+    """
 
     transcript_ready: float | None = None
     first_token: float | None = None
@@ -38,6 +47,11 @@ class TurnTimings:
     stt_s: float | None = None
     llm_s: float | None = None
     tts_s: float | None = None
+    tool_s: float | None = None
+    answer_audio: float | None = None
+    answer_token: float | None = None
+    filler_at: float | None = None
+    tool_calls: int = 0
     session_id: str = ""
     turn: int = 0
     input: Literal["audio", "text"] = "text"
@@ -67,9 +81,11 @@ class TurnEvent:
     """Something that happened in a turn, in the order it happened.
 
     kinds: `transcript` (the user's words, heard or typed), `text` (a reply
-    delta), `audio` (an `AudioChunk`), `notice` (degraded mode, speech stopped,
-    nothing heard), `error` (the turn failed; `text` says why, `error` holds the
-    exception) and `done` (`text` is the whole reply).
+    delta), `audio` (an `AudioChunk`), `tool` (a tool call started or ended:
+    `tool` holds its `ToolRecord`, `text` its name), `notice` (degraded mode,
+    speech stopped, nothing heard, the filler while a tool runs: code "filler"),
+    `error` (the turn failed; `text` says why, `error` holds the exception) and
+    `done` (`text` is the whole reply).
     """
 
     kind: EventKind
@@ -79,6 +95,7 @@ class TurnEvent:
     code: str = ""  # machine-readable reason for error/notice, e.g. "no_speech", "busy"
     interrupted: bool = False  # on done: the reply was cut short by cancel
     error: Exception | None = field(default=None, repr=False)
+    tool: ToolRecord | None = None
 
 
 @dataclass(frozen=True)

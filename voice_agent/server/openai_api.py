@@ -4,13 +4,19 @@ Clients configured for OpenAI work unchanged: the `model` field is accepted as
 given (`gpt-4o-mini`, `whisper-1`, `tts-1`, ... are all answered by the loaded
 LLM, Whisper and TTS; `/v1/models` lists the real ids), OpenAI's voice names
 map to the default voice, and errors use OpenAI's JSON shape. Fields we cannot
-honour (tools, n > 1, mp3 output, speed) are refused with a 400 that says so
-rather than silently ignored; harmless ones (user, presence_penalty, ...) are
-ignored.
+honour (legacy `functions`, n > 1, mp3 output, speed) are refused with a 400
+that says so rather than silently ignored; harmless ones (user,
+presence_penalty, ...) are ignored.
+
+Tools work as OpenAI's do: `tools` and `tool_choice` go to the model through its
+chat template, and the calls it makes come back as `message.tool_calls`
+(`finish_reason` "tool_calls"), streamed or not; `tool` messages carry the
+results back. The server never runs a client's tools: that is the client's job.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -21,6 +27,7 @@ from pydantic import ConfigDict, Field
 
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.errors import InputError
+from voice_agent.llm.tool_calls import check_tools
 from voice_agent.server.plumbing import (
     COMPONENTS,
     OPENAI_VOICES,
@@ -43,7 +50,13 @@ from voice_agent.server.plumbing import (
 
 router = APIRouter(prefix="/v1")
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
 SPEECH_FORMATS = ("wav", "pcm")
 
@@ -58,6 +71,9 @@ class OpenAIMessage(JSONBody):
     model_config = ConfigDict(extra="ignore")
     role: str
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class StreamOptions(JSONBody):
@@ -81,6 +97,8 @@ class ChatCompletionRequest(JSONBody):
     stream: bool = False
     stream_options: StreamOptions | None = None
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
 
 
@@ -94,15 +112,16 @@ class SpeechRequest(JSONBody):
     stream_format: str | None = None
 
 
-def _conversation(request_messages: list[OpenAIMessage]) -> list[dict[str, str]]:
-    """OpenAI messages (string or text-part content) as our ChatMessages."""
-    out: list[dict[str, str]] = []
+def _conversation(request_messages: list[OpenAIMessage]) -> list[dict[str, Any]]:
+    """OpenAI messages (string or text-part content, tool calls and results) as our ChatMessages."""
+    out: list[dict[str, Any]] = []
+    called: dict[str, str] = {}  # tool call id -> function name, for the results
     for i, message in enumerate(request_messages):
         role = ROLES.get(message.role)
         if role is None:
             raise InputError(
                 f"`messages.{i}.role` {shown(message.role)} is not supported; "
-                "use system, developer, user or assistant"
+                "use system, developer, user, assistant or tool"
             )
         content = message.content
         if isinstance(content, list):
@@ -114,13 +133,81 @@ def _conversation(request_messages: list[OpenAIMessage]) -> list[dict[str, str]]
                     )
                 texts.append(part.text)
             content = "".join(texts)
+        if role == "assistant" and message.tool_calls:
+            calls = [_call_in(i, j, call) for j, call in enumerate(message.tool_calls)]
+            called.update((c["id"], c["function"]["name"]) for c in calls)
+            out.append({"role": role, "content": content or "", "tool_calls": calls})
+            continue
         if content is None:
             if role == "assistant":
-                continue  # e.g. a tool-call turn: nothing to say
+                continue  # nothing to say
             raise InputError(f"`messages.{i}.content` is required")
-        out.append({"role": role, "content": content})
+        entry: dict[str, Any] = {"role": role, "content": content}
+        if role == "tool":
+            if not message.tool_call_id:
+                raise InputError(f"`messages.{i}.tool_call_id` is required for a tool message")
+            entry["tool_call_id"] = message.tool_call_id
+            name = message.name or called.get(message.tool_call_id)
+            if name:
+                entry["name"] = name
+        out.append(entry)
     if not out:
         raise InputError("`messages` is empty; send at least one user message")
+    return out
+
+
+def _call_in(i: int, j: int, call: dict[str, Any]) -> dict[str, Any]:
+    """A request's `tool_calls` entry in OpenAI's shape (its arguments a JSON string)."""
+    function = call.get("function")
+    if call.get("type", "function") != "function" or not isinstance(function, dict):
+        raise InputError(f"`messages.{i}.tool_calls.{j}` must be a function call")
+    name, arguments = function.get("name"), function.get("arguments") or "{}"
+    if not isinstance(name, str) or not name:
+        raise InputError(f"`messages.{i}.tool_calls.{j}.function.name` is required")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            raise InputError(
+                f"`messages.{i}.tool_calls.{j}.function.arguments` is not valid JSON"
+            ) from None
+    if not isinstance(arguments, dict):
+        raise InputError(f"`messages.{i}.tool_calls.{j}.function.arguments` must be an object")
+    call_id = str(call.get("id") or f"call_{i}_{j}")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _tool_choice(value: str | dict[str, Any] | None) -> str:
+    """`tool_choice` as the engine takes it: auto, none, required or a function's name."""
+    if value is None:
+        return "auto"
+    if isinstance(value, str):
+        return value
+    function = value.get("function")
+    if value.get("type") == "function" and isinstance(function, dict) and function.get("name"):
+        return str(function["name"])
+    raise InputError(
+        '`tool_choice` must be "none", "auto", "required" or '
+        '{"type": "function", "function": {"name": ...}}'
+    )
+
+
+def tool_calls_out(reply: Any) -> list[dict[str, Any]]:
+    """The reply's calls in OpenAI's shape; a call that could not be read is passed on as
+    written (its arguments are then not valid JSON, as OpenAI warns can happen)."""
+    out = []
+    for call in reply.tool_calls:
+        if call.error:
+            arguments = call.raw
+        else:
+            arguments = json.dumps(call.arguments, ensure_ascii=False)
+        out.append(
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": arguments},
+            }
+        )
     return out
 
 
@@ -129,8 +216,8 @@ def _completion_id() -> str:
 
 
 def _finish(reason: str) -> str:
-    # OpenAI knows stop and length; a cancelled reply ended early, like a stop.
-    return "length" if reason == "length" else "stop"
+    # OpenAI knows stop, length and tool_calls; a cancelled reply ended early, like a stop.
+    return reason if reason in ("length", "tool_calls") else "stop"
 
 
 def _usage(reply: Any) -> dict[str, int]:
@@ -166,8 +253,10 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     settings = server_state(request).settings
     if body.n not in (None, 1):
         raise InputError("`n` must be 1: one completion per request is supported")
-    if body.tools or body.functions:
-        raise InputError("tools and functions are not supported by this server")
+    if body.functions:
+        raise InputError("`functions` is not supported by this server; send `tools` instead")
+    tool_choice = _tool_choice(body.tool_choice)
+    tools = check_tools(body.tools, tool_choice) if body.tools or tool_choice != "auto" else []
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         raise InputError("send `max_tokens` or `max_completion_tokens`, not both")
     conversation = _conversation(body.messages)
@@ -190,7 +279,12 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     if not body.stream:
 
         def work(engine: Any, token: CancelToken) -> dict[str, Any]:
-            reply = engine.generate_reply(conversation, sampling, cancel=token)
+            extra = {"tools": tools, "tool_choice": tool_choice} if tools else {}
+            reply = engine.generate_reply(conversation, sampling, cancel=token, **extra)
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if reply.tool_calls:
+                message["content"] = reply.text or None
+                message["tool_calls"] = tool_calls_out(reply)
             return {
                 "id": completion_id,
                 "object": "chat.completion",
@@ -199,7 +293,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": reply.text},
+                        "message": message,
                         "logprobs": None,
                         "finish_reason": _finish(reply.finish_reason),
                     }
@@ -228,13 +322,25 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
             return [chunk(model_id, {"content": value}, None)]
         if value is None:
             return []
-        events = [chunk(model_id, {}, _finish(value.finish_reason))]
+        events = []
+        if value.tool_calls:  # each call whole, in one chunk: OpenAI's clients join the parts
+            calls = [{"index": i, **call} for i, call in enumerate(tool_calls_out(value))]
+            events.append(chunk(model_id, {"tool_calls": calls}, None))
+        events.append(chunk(model_id, {}, _finish(value.finish_reason)))
         if include_usage:
             events.append({**chunk(model_id, {}, None), "choices": [], "usage": _usage(value)})
         return events
 
     return await llm_event_stream(
-        request, conversation, sampling, None, render, head=head, tail=["[DONE]"]
+        request,
+        conversation,
+        sampling,
+        None,
+        render,
+        head=head,
+        tail=["[DONE]"],
+        tools=tools,
+        tool_choice=tool_choice,
     )
 
 

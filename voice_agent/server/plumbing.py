@@ -471,9 +471,14 @@ def llm_stream_items(
     messages: list[ChatMessage] | str,
     sampling: GenerationSettings,
     system_prompt: str | None,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str = "auto",
 ) -> Iterator[tuple[str, Any]]:
     """("delta", text) for each piece, then ("reply", Reply): runs in the LLM worker."""
-    stream = engine.stream_reply(messages, sampling, cancel=token, system_prompt=system_prompt)
+    extra = {"tools": tools, "tool_choice": tool_choice} if tools else {}
+    stream = engine.stream_reply(
+        messages, sampling, cancel=token, system_prompt=system_prompt, **extra
+    )
     with closing_iterator(stream) as pieces:
         for piece in pieces:
             if piece:
@@ -490,6 +495,8 @@ async def llm_event_stream(
     *,
     head: Callable[[str], Iterable[Any]] | None = None,
     tail: Iterable[Any] = (),
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str = "auto",
 ) -> CancellingStreamingResponse:
     """The LLM's reply to `conversation` as server-sent events (`/generate`, `/v1/chat/...`).
 
@@ -502,7 +509,9 @@ async def llm_event_stream(
 
     def produce(engine: Any, token: CancelToken) -> Iterator[tuple[str, Any]]:
         model_ids.append(engine.model_id)
-        return llm_stream_items(engine, token, conversation, sampling, system_prompt)
+        return llm_stream_items(
+            engine, token, conversation, sampling, system_prompt, tools, tool_choice
+        )
 
     opened = await open_stream(request, "llm", produce)
 

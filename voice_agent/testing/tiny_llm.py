@@ -3,7 +3,7 @@
 `build(out_dir)` writes a complete checkpoint the real loading code reads as if it came
 from the hub: `config.json`, `model.safetensors`, `generation_config.json` and a real
 byte-level BPE tokenizer (trained here on the English text below, deterministically) with
-Qwen's special tokens and a ChatML chat template.
+Qwen's special tokens and Qwen2.5's chat template (tools included).
 
 The tiny model never chooses a special token under greedy decoding (their output rows are
 zero while every other logit is random), so a test's generation always runs until
@@ -25,8 +25,50 @@ PAD = "<|endoftext|>"
 BPE_VOCAB_SIZE = 512  # 256 byte symbols + merges; the specials come on top
 TINY_CONTEXT = 512  # small so history-trimming tests are cheap
 
-# Qwen2.5's chat template, reduced to what the engine uses (no tool calls): ChatML with a
-# default system prompt when the conversation has none.
+# Qwen2.5-Instruct's chat template (tokenizer_config.json of the Qwen2.5 instruct models),
+# tools included, with a shorter default system message: ChatML; with `tools`, the tool
+# schemas in the system message and calls as <tool_call> JSON blocks; tool results as
+# <tool_response> blocks in a user turn.
+QWEN25_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}"
+    '{{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.'
+    '\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}'
+    '{%- for tool in tools %}{{- "\n" }}{{- tool | tojson }}{%- endfor %}'
+    '{{- "\n</tools>\n\nFor each function call, return a json object with function name and '
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\n</tool_call><|im_end|>\n" }}'
+    "{%- else %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif %}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    '{%- if (message.role == "user") or (message.role == "system" and not loop.first) or '
+    '(message.role == "assistant" and not message.tool_calls) %}'
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}"
+    '{%- elif message.role == "assistant" %}'
+    "{{- '<|im_start|>' + message.role }}"
+    "{%- if message.content %}{{- '\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    '{{- \'\n<tool_call>\n{"name": "\' }}{{- tool_call.name }}{{- \'", "arguments": \' }}'
+    "{{- tool_call.arguments | tojson }}{{- '}\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    '{%- elif message.role == "tool" %}'
+    '{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}'
+    "{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\n<tool_response>\n' }}{{- message.content }}{{- '\n</tool_response>' }}"
+    '{%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}'
+    "{{- '<|im_end|>\n' }}{%- endif %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+# The same without tools (plain ChatML), for tests of templates that know no tools.
 CHATML_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
@@ -86,8 +128,9 @@ def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return state["vocab"], merges
 
 
-def build_tokenizer(out_dir: Path | None = None) -> Any:
-    """A `Qwen2Tokenizer` with Qwen's special tokens and a ChatML template (saved if `out_dir`)."""
+def build_tokenizer(out_dir: Path | None = None, context: int = TINY_CONTEXT) -> Any:
+    """A `Qwen2Tokenizer` with Qwen's special tokens and Qwen2.5's chat template, tools
+    included (saved if `out_dir`)."""
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
     vocab, merges = _train_bpe()
@@ -98,10 +141,10 @@ def build_tokenizer(out_dir: Path | None = None) -> Any:
         eos_token=EOS,
         pad_token=PAD,
         additional_special_tokens=list(SPECIAL_TOKENS),
-        model_max_length=TINY_CONTEXT,
+        model_max_length=context,
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = QWEN25_TEMPLATE
     if out_dir is not None:
         tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -137,22 +180,27 @@ def _silence_special_tokens(model: Any, token_ids: list[int]) -> None:
         model.lm_head.weight[token_ids] = 0.0
 
 
-def build(out_dir: Path, *, seed: int = 0) -> Path:
+def build(out_dir: Path, *, seed: int = 0, context: int = TINY_CONTEXT) -> Path:
     """Write a tiny random Qwen2 chat model with a real tokenizer to `out_dir`; returns it.
 
-    Deterministic (same seed, same files) and network-free.
+    Deterministic (same seed, same files) and network-free. `context`: its context length
+    (the tools of a turn need about 2500 of this tokenizer's tokens).
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out_dir)
+    tokenizer = build_tokenizer(out_dir, context)
     special_ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     pad_id = tokenizer.convert_tokens_to_ids(PAD)
     config = tiny_config(
-        len(tokenizer), bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id
+        len(tokenizer),
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        max_position_embeddings=context,
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)

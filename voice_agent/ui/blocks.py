@@ -5,6 +5,11 @@ routes. This module is layout and event wiring; behaviour lives in
 `ui_conversation` (turns, hands-free), `ui_handlers` (the event handlers and
 the loading banner), `ui_diagnostics` (rendering the snapshot) and `ui_style`
 (CSS and theme). Only `app.py` and tests import these (they import gradio).
+
+The API: the page's own events are kept out of it (`api_visibility`: "private",
+or "undocumented" for the three a `gradio_client` user needs: `/on_load`,
+`/send_text`, `/send_audio`, and `/stop`); the public endpoints, which are also
+the MCP server's tools, are `transcribe`, `speak` and `chat` (`ui.api`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import gradio as gr
 
 from voice_agent.ui import diagnostics as diag
+from voice_agent.ui.api import PublicApi, wire
 from voice_agent.ui.conversation import Conversation
 from voice_agent.ui.handlers import Handlers
 from voice_agent.ui.style import MIC_SVG
@@ -26,9 +32,12 @@ log = logging.getLogger(__name__)
 TITLE = "Voice Agent"
 STATUS_POLL_S = 1.0
 TURN_CONCURRENCY = 4  # turns of different tabs that may run at once (engines serialise GPU work)
+RING_POLL_S = 1.0  # how often a tab with timers running asks whether one is due
 PAUSE_AUDIO_JS = (
     "() => { document.querySelectorAll('#reply-audio audio').forEach(a => a.pause()); }"
 )
+PRIVATE: dict[str, Any] = {"api_visibility": "private"}  # page events: not an API
+CLIENT: dict[str, Any] = {"api_visibility": "undocumented"}  # for gradio_client, not listed
 
 # Every microphone the page opens asks the browser for echo cancellation (and noise
 # suppression, automatic gain): Gradio's recorder asks for `{audio: true}`, which leaves
@@ -90,6 +99,8 @@ def build_ui(
     conversation = Conversation(
         agent_factory, pause_default=pause_default, stream_audio=stream_audio
     )
+    settings = getattr(models, "settings", None)
+    allow_default = bool(getattr(settings, "tools_allow_actions", False))
 
     def take_snapshot() -> dict[str, Any]:
         if snapshot is not None:
@@ -113,11 +124,12 @@ def build_ui(
         timer = gr.Timer(STATUS_POLL_S, active=models is not None)
         with gr.Tabs() as tabs:
             with gr.Tab("Conversation", id="conversation"):
-                c = _conversation_tab(stream_audio, pause_default)
+                c = _conversation_tab(stream_audio, pause_default, allow_default)
             with gr.Tab("Diagnostics", id="diagnostics") as diag_tab:
                 d = _diagnostics_tab()
         trigger = gr.Number(0, visible="hidden", elem_id="utterance-trigger")
         interrupt = gr.Number(0, visible="hidden", elem_id="interrupt-trigger")
+        ring = gr.Timer(RING_POLL_S, active=False)  # on while this tab has timers running
 
         controls = [c["system_prompt"], c["temperature"], c["max_tokens"], c["voice"]]
         turn_out = [c["chatbot"], c["reply_audio"], c["status"]]
@@ -126,31 +138,45 @@ def build_ui(
             "concurrency_id": "turn",
             "show_progress": "hidden",
         }
+        after_turn: dict[str, Any] = {"show_progress": "hidden", **PRIVATE}
         demo.load(
             handlers.on_load,
             outputs=[state, *controls, banner, open_diag, timer],
             show_progress="hidden",
+            api_name="on_load",
+            **CLIENT,
         )
         timer.tick(
             handlers.tick,
             outputs=[banner, open_diag, timer, c["voice"]],
             show_progress="hidden",
             concurrency_limit=None,
+            **PRIVATE,
         )
         send_text = [c["textbox"], state, *controls]
-        for event in (c["textbox"].submit, c["send"].click):
-            event(handlers.send_text, send_text, [*turn_out, c["textbox"]], **turn_opts).then(
-                handlers.transcript, [state], [c["download"]], show_progress="hidden"
-            )
-        for event in (c["mic"].stop_recording, c["mic"].upload):
+        for n, event in enumerate((c["textbox"].submit, c["send"].click)):
+            event(
+                handlers.send_text,
+                send_text,
+                [*turn_out, c["textbox"]],
+                **turn_opts,
+                **(CLIENT if n == 0 else PRIVATE),
+            ).then(handlers.after_turn, [state], [c["download"], ring], **after_turn)
+        for n, event in enumerate((c["mic"].stop_recording, c["mic"].upload)):
             event(
                 handlers.send_audio,
                 [c["mic"], state, *controls],
                 [*turn_out, c["mic"]],
                 **turn_opts,
-            ).then(handlers.transcript, [state], [c["download"]], show_progress="hidden")
+                **(CLIENT if n == 0 else PRIVATE),
+            ).then(handlers.after_turn, [state], [c["download"], ring], **after_turn)
         c["stop"].click(
-            handlers.stop, [state], [c["status"]], js=PAUSE_AUDIO_JS, concurrency_limit=None
+            handlers.stop,
+            [state],
+            [c["status"]],
+            js=PAUSE_AUDIO_JS,
+            concurrency_limit=None,
+            **CLIENT,
         )
         c["clear"].click(
             handlers.clear,
@@ -158,12 +184,18 @@ def build_ui(
             [state, c["chatbot"], c["reply_audio"], c["status"], c["download"]],
             js=PAUSE_AUDIO_JS,
             concurrency_limit=None,
+            **PRIVATE,
+        )
+        # Consent to tools that act is the tab's, not each turn's: the send APIs stay as they were.
+        c["allow_actions"].change(
+            handlers.allow_actions, [c["allow_actions"], state], None, **PRIVATE
         )
         c["hands_free"].change(
             handlers.toggle_hands_free,
             [c["hands_free"], state],
             [c["hf_mic"], c["hf_status"], c["mic"]],
             show_progress="hidden",
+            **PRIVATE,
         )
         c["hf_mic"].stream(
             handlers.hear,
@@ -173,41 +205,59 @@ def build_ui(
             time_limit=None,
             concurrency_limit=None,
             show_progress="hidden",
+            **PRIVATE,
         )
         c["hf_mic"].stop_recording(
-            handlers.hands_free_stopped, [state], [c["hf_status"], trigger], show_progress="hidden"
+            handlers.hands_free_stopped,
+            [state],
+            [c["hf_status"], trigger],
+            show_progress="hidden",
+            **PRIVATE,
         )
-        trigger.change(handlers.hands_free_turn, [state, *controls], turn_out, **turn_opts).then(
-            handlers.transcript, [state], [c["download"]], show_progress="hidden"
-        )
+        trigger.change(
+            handlers.hands_free_turn, [state, *controls], turn_out, **turn_opts, **PRIVATE
+        ).then(handlers.after_turn, [state], [c["download"], ring], **after_turn)
         interrupt.change(None, js=PAUSE_AUDIO_JS)
+        ring.tick(
+            handlers.ring,
+            [state, c["voice"]],
+            [*turn_out, ring],
+            show_progress="hidden",
+            concurrency_limit=None,
+            **PRIVATE,
+        )
 
         diag_out = [
             d["overview"],
             d["models"],
+            d["tools"],
             d["latency_summary"],
             d["chart"],
             d["table"],
             d["environment"],
             d["raw"],
         ]
-        d["refresh"].click(handlers.refresh, outputs=diag_out, concurrency_limit=None)
-        diag_tab.select(handlers.refresh, outputs=diag_out, concurrency_limit=None)
-        open_diag.click(lambda: gr.Tabs(selected="diagnostics"), outputs=[tabs]).then(
-            handlers.refresh, outputs=diag_out
+        d["refresh"].click(handlers.refresh, outputs=diag_out, concurrency_limit=None, **PRIVATE)
+        diag_tab.select(handlers.refresh, outputs=diag_out, concurrency_limit=None, **PRIVATE)
+        open_diag.click(lambda: gr.Tabs(selected="diagnostics"), outputs=[tabs], **PRIVATE).then(
+            handlers.refresh, outputs=diag_out, **PRIVATE
         )
         d["self_test"].click(
             handlers.self_test,
             outputs=[d["self_test_headline"], d["self_test_table"]],
             concurrency_limit=1,
             concurrency_id="turn",
+            **PRIVATE,
         )
+        wire(PublicApi(lambda: conversation.agent, conversation.transcript_dir))
     demo.voice_agent_conversation = conversation  # type: ignore[attr-defined]  # for tests
     demo.voice_agent_handlers = handlers  # type: ignore[attr-defined]
     return demo
 
 
-def _conversation_tab(stream_audio: bool, pause_default: float) -> dict[str, Any]:
+def _conversation_tab(
+    stream_audio: bool, pause_default: float, allow_actions: bool = False
+) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=420):
@@ -224,6 +274,11 @@ def _conversation_tab(stream_audio: bool, pause_default: float) -> dict[str, Any
                 buttons=["copy"],
                 elem_id="chat",
                 group_consecutive_messages=False,
+                # Replies are untrusted: shown as text (`ui.chat_text`), sanitised again here,
+                # and no LaTeX (nothing a reply writes may fetch or run).
+                sanitize_html=True,
+                allow_tags=False,
+                latex_delimiters=[],
             )
             with gr.Row(elem_id="composer"):
                 c["textbox"] = gr.Textbox(
@@ -295,6 +350,12 @@ def _conversation_tab(stream_audio: bool, pause_default: float) -> dict[str, Any
                 c["pause"] = gr.Slider(
                     0.2, 2.0, value=pause_default, step=0.1, label="Hands-free pause (s)"
                 )
+                c["allow_actions"] = gr.Checkbox(
+                    value=allow_actions,
+                    label="Allow tools that act (timers, MCP servers' tools)",
+                    info="Reading the clock and calculating are always allowed.",
+                    elem_id="allow-actions",
+                )
     return c
 
 
@@ -308,6 +369,8 @@ def _diagnostics_tab() -> dict[str, Any]:
     d["overview"] = gr.HTML('<p class="diag-muted">Press Refresh.</p>', elem_id="diag-overview")
     gr.Markdown("### Models")
     d["models"] = gr.HTML("", elem_id="diag-models")
+    gr.Markdown("### Tools")
+    d["tools"] = gr.HTML("", elem_id="diag-tools")
     gr.Markdown("### Self-test")
     d["self_test_headline"] = gr.Markdown(
         "Pushes a short clip through every stage (speech recognition, reply, voice).",

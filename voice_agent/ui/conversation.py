@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import logging
 import tempfile
 import threading
@@ -24,6 +25,7 @@ import numpy as np
 
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.errors import InputError, ModelUnavailableError, VoiceAgentError
+from voice_agent.ui.chat_text import safe_markdown, tool_message
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Exchange:
     latency: str = ""
     note: str = ""  # "stopped", "interrupted", or the error shown instead of a reply
     at: float = field(default_factory=time.time)
+    tools: list[str] = field(default_factory=list)  # "name(arguments) -> result", in order
 
 
 class UISession:
@@ -183,7 +186,13 @@ class Conversation:
     # --- session life ------------------------------------------------------------------
 
     def new_session(self) -> UISession:
-        return UISession(self.agent.new_session())
+        agent = self.agent
+        try:
+            # This tab speaks the session's timers when they ring (`ring_timers`).
+            session = agent.new_session(ring_timers=True)
+        except TypeError:  # an agent without timers
+            session = agent.new_session()
+        return UISession(session)
 
     def ensure(self, ui: UISession | None) -> UISession:
         return ui if isinstance(ui, UISession) else self.new_session()
@@ -218,8 +227,12 @@ class Conversation:
         token = CancelToken()
         ui.cancel = token
         exchange = Exchange(user="(audio)" if spoken else (text or ""))
-        user_msg = {"role": "user", "content": f"{VOICE_TAG} …" if spoken else exchange.user}
+        user_msg = {
+            "role": "user",
+            "content": f"{VOICE_TAG} …" if spoken else safe_markdown(exchange.user),
+        }
         bot_msg: dict[str, Any] = {"role": "assistant", "content": "…"}
+        tool_msgs: dict[str, dict[str, Any]] = {}  # call id -> its message in the chat
         ui.chat.extend([user_msg, bot_msg])
         ui.exchanges.append(exchange)
         reply = ""
@@ -238,14 +251,16 @@ class Conversation:
                 kind = event.kind
                 if kind == "transcript":
                     exchange.user = event.text.strip() or "(nothing heard)"
-                    user_msg["content"] = (
-                        f"{VOICE_TAG} {exchange.user}" if spoken else exchange.user
-                    )
+                    shown = safe_markdown(exchange.user)
+                    user_msg["content"] = f"{VOICE_TAG} {shown}" if spoken else shown
                     yield ui.chat, None, "Thinking…"
                 elif kind == "text":
                     reply += event.text
-                    bot_msg["content"] = reply
+                    bot_msg["content"] = safe_markdown(reply)
                     yield ui.chat, None, "Answering…"
+                elif kind == "tool" and event.tool is not None:
+                    status = self._show_tool(ui, bot_msg, tool_msgs, event.tool, exchange)
+                    yield ui.chat, None, status
                 elif kind == "audio" and event.audio is not None:
                     chunk = event.audio
                     seconds = len(chunk.samples) / float(chunk.sample_rate)
@@ -257,6 +272,8 @@ class Conversation:
                         yield ui.chat, wav_bytes(chunk.sample_rate, chunk.samples), "Speaking…"
                     else:
                         spoken_chunks.append(chunk)
+                elif kind == "notice" and event.code == "filler":
+                    yield ui.chat, None, event.text  # said aloud while a tool runs
                 elif kind == "notice":
                     exchange.note = event.text
                     yield ui.chat, None, event.text
@@ -297,6 +314,29 @@ class Conversation:
             status = exchange.note.capitalize()
         yield ui.chat, whole, status
 
+    @staticmethod
+    def _show_tool(
+        ui: UISession,
+        bot_msg: dict[str, Any],
+        shown: dict[str, dict[str, Any]],
+        record: Any,
+        exchange: Exchange,
+    ) -> str:
+        """Put a tool call in the chat (before the answer) or update it; returns the status."""
+        message = tool_message(record)
+        existing = shown.get(record.call_id)
+        if existing is not None:
+            existing.update(message)
+        else:
+            shown[record.call_id] = message
+            at = next((i for i, m in enumerate(ui.chat) if m is bot_msg), len(ui.chat))
+            ui.chat.insert(at, message)
+        if record.status == "running":
+            return f"Using {record.name}…"
+        outcome = record.result if record.status == "done" else f"({record.error})"
+        exchange.tools.append(f"{record.name}({json.dumps(record.arguments)}) -> {outcome}")
+        return "Answering…"
+
     def _reply_file(self, ui: UISession, chunks: list[Any]) -> str:
         rate = chunks[0].sample_rate
         samples = np.concatenate([np.asarray(c.samples, np.float32) for c in chunks])
@@ -327,7 +367,41 @@ class Conversation:
         ui.chat.clear()
         fresh = self.new_session()
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
+        if hasattr(fresh.session, "allow_actions"):  # consent is the tab's, not the chat's
+            fresh.session.allow_actions = getattr(ui.session, "allow_actions", None)
         return fresh
+
+    # --- timers --------------------------------------------------------------------------
+
+    def timers_pending(self, ui: UISession) -> bool:
+        """Whether this tab has timers still to ring."""
+        timers = getattr(self.agent, "timers", None)
+        return bool(timers is not None and timers.pending(getattr(ui.session, "id", "")))
+
+    def ring(self, ui: UISession, voice: str | None = None) -> tuple[str, bytes | str | None]:
+        """Announce this tab's timers that are due: (what was said, its audio), or ("", None).
+
+        Waits while a turn is running (the next poll rings them), so the reply's audio is
+        not cut off; without a voice the announcement is text only.
+        """
+        timers = getattr(self.agent, "timers", None)
+        if timers is None or ui.busy:
+            return "", None
+        rung = timers.take_rung(getattr(ui.session, "id", ""))
+        if not rung:
+            return "", None
+        said = " ".join(t.announcement() for t in rung)
+        ui.chat.append({"role": "assistant", "content": "Timer: " + safe_markdown(said)})
+        try:
+            rate, samples = self.agent.say(said, voice or getattr(ui.session, "voice", None))
+        except Exception as exc:  # the chat still shows it
+            log.warning("could not say the timer: %s", exc)
+            return said, None
+        if self.stream_audio:
+            return said, wav_bytes(rate, samples)
+        path = self.transcript_dir / f"timer-{getattr(ui.session, 'id', id(ui))}-{rung[0].id}.wav"
+        path.write_bytes(wav_bytes(rate, samples))
+        return said, str(path)
 
     def transcript(self, ui: UISession) -> Path | None:
         """Write the conversation as Markdown; None when there is nothing to write."""
@@ -336,6 +410,8 @@ class Conversation:
         lines = [f"# Conversation ({time.strftime('%Y-%m-%d %H:%M')})", ""]
         for ex in ui.exchanges:
             lines += [f"**You:** {ex.user}", ""]
+            for used in ex.tools:
+                lines += [f"_Tool: {used}_", ""]
             if ex.assistant:
                 lines += [f"**Assistant:** {ex.assistant}", ""]
             if ex.note:
@@ -412,7 +488,7 @@ class Conversation:
 
 def render_reply(exchange: Exchange) -> str:
     """The assistant bubble's final Markdown: reply, a note when cut short, and latency."""
-    body = exchange.assistant.strip()
+    body = safe_markdown(exchange.assistant.strip())
     note = exchange.note
     parts: list[str] = []
     if body:

@@ -226,6 +226,56 @@ def render_models(snap: Mapping[str, Any]) -> str:
     )
 
 
+def render_tools(tools: Mapping[str, Any] | None) -> str:
+    """Every tool the model may call, where it came from, and each MCP server's state.
+
+    Tool descriptions may come from MCP servers, so everything is escaped.
+    """
+    if not tools:
+        return '<p class="diag-muted">No tools (the agent has not started).</p>'
+    rows = []
+    for t in tools.get("tools") or []:
+        acts = "acts (needs consent)" if t.get("acts") else "reads / computes"
+        params = ", ".join(t.get("parameters") or []) or "none"
+        rows.append(
+            f"<tr><td><code>{esc(t.get('name'))}</code></td><td>{esc(t.get('source'))}</td>"
+            f"<td>{esc(acts)}</td><td>{esc(params)}</td><td>{esc(t.get('description'))}</td></tr>"
+        )
+    table = (
+        '<table class="diag-table"><tr><th>tool</th><th>from</th><th>kind</th>'
+        "<th>arguments</th><th>description</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else '<p class="diag-muted">No tools are on offer (TOOLS=none and nothing else).</p>'
+    )
+    parts = [table]
+    servers = tools.get("mcp_servers") or []
+    if servers:
+        items = []
+        for server in servers:
+            status = str(server.get("status") or "?")
+            problem = (
+                f' <span class="reason">{esc(server.get("error"))}</span>'
+                if server.get("error")
+                else ""
+            )
+            items.append(
+                f'<li><span class="pill pill-{esc(status)}">{esc(status)}</span> '
+                f"<b>{esc(server.get('name'))}</b> ({esc(server.get('transport'))}): "
+                f"{len(server.get('tools') or [])} tools{problem}</li>"
+            )
+        parts.append(
+            "<h4>MCP servers (MCP_SERVERS)</h4><ul class='diag-notes'>" + "".join(items) + "</ul>"
+        )
+    consent = "allowed" if tools.get("allow_actions_default") else "off unless allowed in Settings"
+    parts.append(
+        f'<p class="diag-muted">Tools that act: {esc(consent)} (TOOLS_ALLOW_ACTIONS). '
+        f"Time limit per call: {esc(tools.get('timeout_s'))} s (TOOL_TIMEOUT_S).</p>"
+    )
+    for note in tools.get("notes") or []:
+        parts.append(f'<div class="diag-error">{esc(note)}</div>')
+    return "".join(parts)
+
+
 def render_environment(snap: Mapping[str, Any]) -> str:
     """Offline switches, cache locations, the bitsandbytes probe and library versions."""
     offline = snap.get("offline") or {}

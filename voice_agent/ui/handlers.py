@@ -147,6 +147,11 @@ class Handlers:
             voice=voice if isinstance(voice, str) else None,
         )
 
+    def allow_actions(self, allowed: Any, ui: UISession | None) -> None:
+        """The Settings checkbox: this tab's consent to tools that act (timers, MCP tools)."""
+        if isinstance(ui, UISession) and hasattr(ui.session, "allow_actions"):
+            ui.session.allow_actions = bool(allowed)
+
     @gpu
     def send_text(self, text: str, ui: UISession | None, *controls: Any):
         ui = self.conversation.ensure(ui)
@@ -217,6 +222,24 @@ class Handlers:
             return gr.DownloadButton(value=None, interactive=False)
         return gr.DownloadButton(value=str(path), interactive=True)
 
+    def after_turn(self, ui: UISession | None) -> tuple[Any, Any]:
+        """After every turn: the transcript download, and the timer poll on while timers run."""
+        if not isinstance(ui, UISession):
+            return gr.skip(), gr.skip()
+        return self.transcript(ui), gr.Timer(active=self.conversation.timers_pending(ui))
+
+    def ring(self, ui: UISession | None, voice: Any):
+        """Timer poll: say each timer that is due; stop polling when none is left."""
+        if not isinstance(ui, UISession):
+            yield gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
+            return
+        said, audio = self.conversation.ring(ui, voice if isinstance(voice, str) else None)
+        active = gr.Timer(active=self.conversation.timers_pending(ui))
+        if not said:
+            yield gr.skip(), gr.skip(), gr.skip(), active
+            return
+        yield ui.chat, audio, said, active
+
     # --- hands-free -----------------------------------------------------------------------
 
     def toggle_hands_free(self, on: bool, ui: UISession | None) -> tuple[Any, ...]:
@@ -263,13 +286,14 @@ class Handlers:
         except Exception as exc:
             log.exception("diagnostics snapshot failed")
             error = f'<div class="diag-error">Could not take a snapshot: {diag.esc(exc)}</div>'
-            return error, "", "", None, [], "", {}
+            return error, "", "", "", None, [], "", {}
         records = diag.turn_records(snap.get("turns"))
         points = diag.chart_points(records)
         chart = _frame(points, ["turn", "stage", "seconds"]) if points else None
         return (
             diag.render_overview(snap),
             diag.render_models(snap),
+            diag.render_tools(snap.get("tools")),
             diag.latency_summary(records),
             chart,
             diag.latency_rows(records),
