@@ -28,7 +28,7 @@ def toolbox(servers: str) -> Toolbox:
 
 @pytest.fixture(scope="module")
 def http_server():
-    import mcp_fixture_server
+    from tests import mcp_fixture_server
 
     with LiveServer(mcp_fixture_server.http_app(), lifespan=True) as live:
         yield live
