@@ -66,10 +66,13 @@ class LLMCapabilities:
     Attributes:
         streaming: `stream_reply` yields pieces as they are generated (False: all at the end).
         cancel: a cancelled token stops generation within a step.
+        concurrency: replies it serves at once; more than 1 for a serving engine that
+            batches (the LLM gate lets this many through together).
     """
 
     streaming: bool = True
     cancel: bool = True
+    concurrency: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
