@@ -84,7 +84,7 @@ def test_a_reply_streams_from_the_server_and_the_report_says_where(llm_server) -
 
 def test_the_turn_pipeline_runs_unchanged_on_top(llm_server) -> None:
     """Guards the loader's choice (LLM_BACKEND=openai picks this engine) and that a
-    conversation turn, its history and the LLM gate's slots work over it."""
+    conversation turn, its history, the LLM gate's slots and our REST API work over it."""
     models = app_models(openai_settings(llm_server.url, LLM_CONCURRENCY="3"))
     try:
         assert models.status["llm"] == "ready", models.errors
@@ -96,6 +96,15 @@ def test_the_turn_pipeline_runs_unchanged_on_top(llm_server) -> None:
         assert events[-1].kind == "done" and events[-1].text == REPLY
         assert [m["role"] for m in session.history] == ["user", "assistant"]
         assert session.history[1]["content"] == REPLY
+        # Our REST API in front of it: an OpenAI client streams through both servers.
+        from openai import OpenAI
+
+        with LiveServer(create_app(models)) as front:
+            client = OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
+            chunks = client.chat.completions.create(
+                model="any", messages=[{"role": "user", "content": "Hi"}], stream=True
+            )
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
     finally:
         models.llm.close()  # type: ignore[union-attr]
 
@@ -263,8 +272,9 @@ def test_history_is_trimmed_to_the_servers_context_by_estimate() -> None:
 
 
 def test_health_and_doctor_show_the_server(llm_server, monkeypatch, capsys) -> None:
-    """Guards the load report's reach: /health names the backend and the server (where,
-    model, reachable, round trip); `doctor` asks the server and names what it serves."""
+    """Guards the load report's reach: /health and the Diagnostics tab name the backend and
+    the server (where, model, reachable, round trip); `doctor` asks the server and names
+    what it serves."""
     import httpx
 
     from voice_agent.cli import doctor
@@ -277,6 +287,11 @@ def test_health_and_doctor_show_the_server(llm_server, monkeypatch, capsys) -> N
         assert llm["server"]["base_url"] == llm_server.url + "/v1"
         assert llm["server"]["reachable"] and llm["server"]["round_trip_ms"] is not None
         assert llm["report"]["chosen"]["strategy"] == "openai"
+        from voice_agent.core.diagnostics import snapshot
+        from voice_agent.ui.diagnostics import render_models
+
+        page = render_models(snapshot(models, resolve=False))  # the Diagnostics tab
+        assert "openai" in page and "round trip" in page and llm_server.url in page
     finally:
         models.llm.close()  # type: ignore[union-attr]
     monkeypatch.setenv("LLM_BACKEND", "openai")
