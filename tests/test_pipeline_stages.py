@@ -143,9 +143,9 @@ def test_a_conversation_turn_in_flight_holds_the_rest_gates(monkeypatch):
         assert llm.started.wait(3)
         assert wait_until(lambda: models.gates["tts"].admitted == 1)
         queues = {c: e["queue"] for c, e in http.get("/health").json()["models"].items()}
-        assert queues["llm"] == {"in_flight": 1, "queue_size": 0}
-        assert queues["tts"] == {"in_flight": 1, "queue_size": 0}
-        assert queues["stt"] == {"in_flight": 0, "queue_size": 0}
+        busy = {"in_flight": 1, "waiting": 0, "slots": 1, "queue_size": 0}
+        assert queues["llm"] == busy and queues["tts"] == busy
+        assert queues["stt"] == {**busy, "in_flight": 0}
         for route, body in (("/generate", {"prompt": "hi"}), ("/tts", {"text": "Hello."})):
             r = http.post(route, json=body)
             assert r.status_code == 503, (route, r.text)

@@ -6,7 +6,9 @@ tiny LLM, Whisper and VITS; this process is the client. For `/health`, `/stt`
 second and p50/p95 latency with 1 and 8 concurrent clients, then the same STT
 and TTS work called directly on engines loaded here, so the difference is what
 the HTTP layer adds (connection, multipart parsing, JSON, WAV encoding,
-admission control and thread hand-offs).
+admission control and thread hand-offs). Last, N = 1, 2, 4, 8 conversations
+at once on those engines, as N browser tabs of one app process
+(`bench/conversations.py`): first audio p50/p90 and how many were refused.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def run(quick: bool = False) -> dict:
     import httpx
 
     from voice_agent.audio.io import SAMPLE_RATE, encode_wav, load_audio
+    from voice_agent.bench import conversations
     from voice_agent.core.config import load_settings
     from voice_agent.pipeline.models import LoadedModels
     from voice_agent.testing.paths import REPO_ROOT
@@ -137,6 +140,14 @@ def run(quick: bool = False) -> dict:
                          "p95_ms": round(percentile(direct_s, 95) * 1000, 1), "failed": 0}
                     )  # fmt: skip
                     overhead[what] = round(percentile(extra_s, 50) * 1000, 1)
+        # N tabs of one app: the engines loaded here, with the queue size the app has today.
+        default_queue = load_settings({}).server_queue_size
+        rows += conversations.measure(
+            models,
+            REPO_ROOT / "assets" / "hello.wav",
+            rounds=1 if quick else 3,
+            queue_size=default_queue,
+        )
     return {
         "rows": rows,
         "http_overhead_ms_p50": overhead,
@@ -147,6 +158,10 @@ def run(quick: bool = False) -> dict:
             "time, so 8 clients raise throughput only where HTTP work (not the model) dominates; "
             "their extra latency is time waiting in the engine's queue. /stt sends 1 s of speech "
             "(multipart); /tts returns a whole WAV. HTTP overhead = median, over alternating "
-            "pairs, of (time over HTTP - time of the same work called directly)."
+            "pairs, of (time over HTTP - time of the same work called directly). "
+            "N tabs: N sessions on one Agent in this process each speak assets/hello.wav "
+            "(3.4 s) at once, as N browser tabs; first audio from the end of speech, p50/p90 "
+            "over every served turn; `busy` = turns refused because an engine's queue was full "
+            f"(size {load_settings({}).server_queue_size} is the default)."
         ),
     }

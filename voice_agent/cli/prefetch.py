@@ -25,7 +25,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     wanted = configured_models(settings, args.cuda or probe_hardware().cuda_available)
-    refs = [wanted[k] for k in ("llm", "stt", "tts", "mimi") if k in wanted] + list(args.models)
+    # An LLM behind LLM_BACKEND=openai lives on its server: nothing to download here.
+    local = (
+        ("stt", "tts", "mimi")
+        if settings.llm_backend == "openai"
+        else ("llm", "stt", "tts", "mimi")
+    )
+    refs = [wanted[k] for k in local if k in wanted] + list(args.models)
     if settings.offline:
         print(
             f"Offline mode is on ({settings.offline_source}=1), so nothing can be downloaded.\n"

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 Device = Literal["auto", "cpu", "cuda"]
 TTSBackendName = Literal["auto", "dia2", "dia", "vits"]
 VADBackendName = Literal["auto", "numpy"]
+LLMBackendName = Literal["transformers", "openai"]
 
 # The clips shipped with the project (warm-up, self-test), found from the package, not the cwd.
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -135,6 +136,46 @@ VARIABLES: tuple[Variable, ...] = (
         "1 = start the CUDA loading chain at 4-bit NF4; 0 = no quantization (start at fp16/bf16).",
     ),
     Variable("LLM_DEVICE", "auto", "Force the LLM's device: auto | cpu | cuda."),
+    Variable(
+        "LLM_BACKEND",
+        "transformers",
+        "transformers = load the LLM in this process; openai = use the OpenAI-compatible server "
+        "at LLM_BASE_URL (vLLM, SGLang, TGI, llama.cpp, Ollama, or our own `serve`).",
+    ),
+    Variable(
+        "LLM_BASE_URL",
+        "http://127.0.0.1:8000/v1",
+        "LLM_BACKEND=openai: the server's OpenAI API root, ending in /v1.",
+    ),
+    Variable(
+        "LLM_API_KEY",
+        None,
+        "LLM_BACKEND=openai: sent as `Authorization: Bearer KEY` (unset: no key).",
+    ),
+    Variable(
+        "LLM_MODEL",
+        None,
+        "LLM_BACKEND=openai: the served model to use, checked against the server's /v1/models "
+        "at load. Unset: the server's (first) LLM.",
+    ),
+    Variable(
+        "LLM_TIMEOUT_S",
+        "60",
+        "LLM_BACKEND=openai: longest wait for the server to connect (at most 5 s of it) or to "
+        "send the next piece of a reply (seconds).",
+    ),
+    Variable(
+        "LLM_MAX_RETRIES",
+        "2",
+        "LLM_BACKEND=openai: retries, with backoff, of a request the server did not take "
+        "(connection refused, 429, 502-504); never of a reply already streaming.",
+    ),
+    Variable(
+        "LLM_CONCURRENCY",
+        "16",
+        "LLM_BACKEND=openai: replies this process streams from the server at once (the server "
+        "batches them); more wait in the LLM queue.",
+    ),
     Variable(
         "STT_MODEL_NAME",
         None,
@@ -288,6 +329,13 @@ class Settings:
     llm_model_name: str | None  # None: the engine picks by hardware
     prefer_4bit: bool
     llm_device: Device
+    llm_backend: LLMBackendName
+    llm_base_url: str
+    llm_api_key: str | None = field(repr=False)
+    llm_model: str | None
+    llm_timeout_s: float
+    llm_max_retries: int
+    llm_concurrency: int
     stt_model_name: str | None
     whisper_device: Device
     stt_language: str
@@ -326,7 +374,7 @@ class Settings:
         """Settings as JSON-able values with secrets masked (for doctor, /health)."""
         out: dict[str, object] = {}
         for key, value in asdict(self).items():
-            if key == "api_key":
+            if key in ("api_key", "llm_api_key"):
                 value = "***" if value else None
             elif key == "gradio_auth":
                 value = [f"{user}:***" for user, _ in self.gradio_auth] or None
@@ -463,6 +511,18 @@ def _time_zone(name: str, raw: str | None) -> str | None:
     return raw.strip()
 
 
+def _base_url(name: str, raw: str) -> str:
+    """An http(s) URL without its trailing slash; anything else names the variable."""
+    url = raw.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest:
+        raise SettingsError(
+            f"{name}={raw!r} is not an http(s) URL; accepted values: e.g. "
+            "http://127.0.0.1:8000/v1 (vLLM, our `serve`) or http://127.0.0.1:11434/v1 (Ollama)."
+        )
+    return url
+
+
 def offline_from(env: Mapping[str, str]) -> tuple[bool, str | None]:
     """Offline mode and the first variable that switched it on.
 
@@ -509,6 +569,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         llm_model_name=optional("MODEL_SERVER_MODEL_NAME"),
         prefer_4bit=parse_bool("MODEL_SERVER_PREFER_4BIT", text("MODEL_SERVER_PREFER_4BIT")),
         llm_device=_choice("LLM_DEVICE", text("LLM_DEVICE"), devices),  # type: ignore[arg-type]
+        llm_backend=_choice("LLM_BACKEND", text("LLM_BACKEND"), ("transformers", "openai")),  # type: ignore[arg-type]
+        llm_base_url=_base_url("LLM_BASE_URL", text("LLM_BASE_URL")),
+        llm_api_key=optional("LLM_API_KEY"),
+        llm_model=optional("LLM_MODEL"),
+        llm_timeout_s=float(_number("LLM_TIMEOUT_S", text("LLM_TIMEOUT_S"), float, 0.1, 3_600)),
+        llm_max_retries=int(_number("LLM_MAX_RETRIES", text("LLM_MAX_RETRIES"), int, 0, 10)),
+        llm_concurrency=int(_number("LLM_CONCURRENCY", text("LLM_CONCURRENCY"), int, 1, 1_024)),
         stt_model_name=optional("STT_MODEL_NAME"),
         whisper_device=_choice("WHISPER_DEVICE", text("WHISPER_DEVICE"), devices),  # type: ignore[arg-type]
         stt_language=text("STT_LANGUAGE").strip().lower(),
@@ -631,10 +698,14 @@ def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str
     """The model each component will load, after machine-dependent defaults.
 
     Shown by `doctor` and used by `prefetch`; the engines apply the same rules
-    (and record the reason in their load reports).
+    (and record the reason in their load reports). With `LLM_BACKEND=openai` the LLM
+    is a server's (`llm_backend` says so): its name is LLM_MODEL, or a description of
+    the server's default, and nothing of it is on this machine.
     """
     llm_cuda = cuda_available and settings.llm_device != "cpu"
     llm = settings.llm_model_name or (DEFAULT_LLM_CUDA if llm_cuda else DEFAULT_LLM_CPU)
+    if settings.llm_backend == "openai":
+        llm = settings.llm_model or f"the LLM served at {settings.llm_base_url}"
     whisper_cuda = settings.whisper_device == "cuda" or (
         settings.whisper_device == "auto" and cuda_available
     )
@@ -648,6 +719,7 @@ def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str
     default_tts = DEFAULT_TTS[backend]
     out = {
         "llm": llm,
+        "llm_backend": settings.llm_backend,
         "stt": stt,
         "tts": settings.tts_model_name or default_tts,
         "tts_backend": backend,

@@ -108,13 +108,26 @@ def models_info(
         entry: dict[str, Any] = {"configured": configured[component]}
         if component == "tts":
             entry["backend"] = configured["tts_backend"]
+        served = component == "llm" and settings.llm_backend == "openai"
+        if served:
+            entry["backend"] = "openai"
+            entry["server"] = settings.llm_base_url
         if models is not None:
             entry["status"] = models.status.get(component, "pending")
             report = models.reports.get(component)
             entry["report"] = report.as_dict() if report is not None else None
             if models.errors.get(component):
                 entry["error"] = models.errors[component]
-        if resolve:
+        if resolve and served:
+            # On a server, not on this disk: `doctor` asks the server (llm.openai_compat.probe).
+            entry["resolution"] = {
+                "ref": configured[component],
+                "found": None,
+                "source": "openai server",
+                "path": settings.llm_base_url,
+                "error": "not checked",
+            }
+        elif resolve:
             entry["resolution"] = describe(configured[component], settings)
         out[component] = entry
     return out

@@ -124,8 +124,15 @@ def gib(n: int | float | None) -> str:
 
 
 def explain_error(exc: BaseException) -> str:
-    """A one-line reason in plain words for a loading failure."""
+    """A one-line reason in plain words for a loading failure.
+
+    An error that carries its own plain `reason` (a string attribute) gives that.
+    """
     from voice_agent.core.hub import ModelNotFoundError
+
+    own = getattr(exc, "reason", None)
+    if isinstance(own, str) and own:
+        return own
 
     if isinstance(exc, ModelNotFoundError):
         return "the model is not on this machine"

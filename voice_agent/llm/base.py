@@ -98,11 +98,14 @@ class LLMCapabilities:
         cancel: a cancelled token stops generation within a step.
         tools: `stream_reply(tools=...)` renders the tools into the prompt and parses the
             model's tool calls into `Reply.tool_calls`.
+        concurrency: replies it serves at once; more than 1 for a serving engine that
+            batches (the LLM gate lets this many through together).
     """
 
     streaming: bool = True
     cancel: bool = True
     tools: bool = False
+    concurrency: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

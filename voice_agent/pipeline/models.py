@@ -12,9 +12,16 @@ plain reason are recorded, `require()` raises `ModelUnavailableError` with that
 reason, and the agent runs degraded (text only without TTS, typed input only
 without STT, no reply without the LLM).
 
+The LLM is loaded here (`OpenSourceLLM`), or with `LLM_BACKEND=openai` it is
+a client of a serving engine at `LLM_BASE_URL` (`OpenAICompatLLM`); with
+`MODEL_SERVER_REMOTE=1` the engines are those of a `serve` process (the LLM too,
+unless `LLM_BACKEND=openai` sends it to its serving engine).
+
 The models also hold one admission gate per engine (`gates`, see
 `voice_agent.pipeline.admission`): REST requests and conversation turns on the
-same engine queue in the same line.
+same engine queue in the same line. An engine that serves several callers at
+once (`capabilities.concurrency`, an LLM on a batching server) gets that many
+slots in its gate.
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ Loader = Callable[[Settings, StepProgress], Any]
 
 
 def _load_llm(settings: Settings, progress: StepProgress) -> Any:
+    if settings.llm_backend == "openai":  # on a serving engine (vLLM, SGLang, ...), not here
+        from voice_agent.llm.openai_compat import OpenAICompatLLM
+
+        return OpenAICompatLLM(settings, progress=progress)
     from voice_agent.llm.engine import OpenSourceLLM
 
     return OpenSourceLLM(settings=settings, progress=progress)
@@ -306,6 +317,11 @@ class LoadedModels:
                     log.warning("%s %s", component, note)
                 if isinstance(report, LoadReport):
                     report.notes.append(note)
+            # An engine that serves several callers at once (an LLM on a batching server)
+            # says so; its gate then lets that many through together.
+            concurrency = getattr(getattr(engine, "capabilities", None), "concurrency", 1)
+            if isinstance(concurrency, int) and concurrency > 1:
+                self.gates[component].set_slots(concurrency)
             setattr(self, component, engine)
             self.seconds[component] = time.perf_counter() - t0
             self.status[component] = "ready"
@@ -400,6 +416,10 @@ def get_models(
                 from voice_agent.client.remote import remote_loaders
 
                 loaders = remote_loaders()
+                if settings.llm_backend == "openai":
+                    # The LLM comes from LLM_BASE_URL (a serving engine), Whisper and the
+                    # voice from the `serve` at MODEL_SERVER_URL.
+                    del loaders["llm"]
             _models = LoadedModels(settings, loaders=loaders, progress=progress)
             created = True
         else:

@@ -52,6 +52,11 @@ class SpeechStop:
         self._token = token
         self._abort = threading.Event()
 
+    @property
+    def token(self) -> CancelToken:
+        """The turn's token (the admission gate finds this waiter's place by it)."""
+        return self._token
+
     def abort(self) -> None:
         self._abort.set()
 

@@ -106,7 +106,8 @@ async def pump(
 
     def work() -> None:
         try:
-            while not gate.lock.acquire(timeout=POLL_S):
+            # In line with the turns (first come, first served); `position(token)` finds it.
+            while not gate.take(token, POLL_S):
                 if token.cancelled:
                     return  # nobody is waiting any more
                 if time.monotonic() > deadline:
@@ -141,6 +142,7 @@ async def pump(
                 gate.record(time.monotonic() - started)
                 gate.lock.release()
         finally:
+            gate.step_out(token)
             gate.leave()
             finish()
 

@@ -342,7 +342,12 @@ def health_payload(state: ServerState) -> tuple[int, dict[str, Any]]:
             entry["progress"] = {"fraction": round(progress[0], 3), "message": progress[1]}
         entry.update(_engine_facts(getattr(models, component, None)))
         gate = state.gates[component]
-        entry["queue"] = {"in_flight": gate.admitted, "queue_size": gate.queue_size}
+        entry["queue"] = {
+            "in_flight": gate.admitted,
+            "waiting": gate.waiting,
+            "slots": gate.slots,
+            "queue_size": gate.queue_size,
+        }
         components[component] = entry
     body = {
         **{k: v for k, v in snap.items() if k != "turns"},
@@ -395,6 +400,9 @@ def _engine_facts(engine: Any) -> dict[str, Any]:
             facts[name] = value
     # Declared by every engine (the stage Protocols); remote adapters read them back.
     facts["capabilities"] = engine.capabilities.as_dict()
+    server_status = getattr(engine, "server_status", None)
+    if callable(server_status):  # an engine on a server (LLM_BACKEND=openai): where, how it went
+        facts["server"] = server_status()
     return facts
 
 

@@ -236,15 +236,16 @@ async def list_models(request: Request) -> JSONResponse:
     for component in COMPONENTS:
         engine = getattr(models, component, None)
         if models.status.get(component) == "ready" and engine is not None:
-            data.append(
-                {
-                    "id": engine.model_id,
-                    "object": "model",
-                    "created": int(state.started_at),
-                    "owned_by": "voice-agent",
-                    "component": component,
-                }
-            )
+            entry = {
+                "id": engine.model_id,
+                "object": "model",
+                "created": int(state.started_at),
+                "owned_by": "voice-agent",
+                "component": component,
+            }
+            if component == "llm" and isinstance(getattr(engine, "context_length", None), int):
+                entry["max_model_len"] = engine.context_length  # vLLM's name for it
+            data.append(entry)
     return JSONResponse({"object": "list", "data": data})
 
 

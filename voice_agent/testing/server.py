@@ -63,8 +63,11 @@ def _app_settings(app: Any) -> Any:
 class LiveServer:
     """A real uvicorn server for `app` on a free 127.0.0.1 port, in a background thread."""
 
-    def __init__(self, app: Any, *, lifespan: bool = False, settings: Any = None) -> None:
+    def __init__(
+        self, app: Any, *, lifespan: bool = False, settings: Any = None, port: int = 0
+    ) -> None:
         """`lifespan=True` runs the app's startup events (Gradio's queue needs them).
+        `port` 0 picks a free one.
 
         The connection limits (header time) are `settings`', else those of the REST app
         (`create_app`'s, or the one inside `app.py`'s dispatcher), else the defaults; the
@@ -78,7 +81,7 @@ class LiveServer:
             app,
             settings or _app_settings(app),
             host=HOST,
-            port=0,
+            port=port,
             log_level="warning",
             lifespan="on" if lifespan else "off",
             access_log=False,

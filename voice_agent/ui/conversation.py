@@ -26,6 +26,7 @@ import numpy as np
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.errors import InputError, ModelUnavailableError, VoiceAgentError
 from voice_agent.ui.chat_text import safe_markdown, tool_message
+from voice_agent.ui.waiting import Queued, watch_queue
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,14 @@ class Conversation:
             agent = self.agent
             apply_controls(agent, ui.session, controls)
             extra = {"speech_ended_at": speech_ended_at} if speech_ended_at is not None else {}
-            events = agent.run_turn(ui.session, audio=audio, text=text, cancel=token, **extra)
+            turn = agent.run_turn(ui.session, audio=audio, text=text, cancel=token, **extra)
+            # While the turn waits behind other conversations, say so, with its place.
+            gates = getattr(getattr(agent, "models", None), "gates", None) or {}
+            events = watch_queue(turn, token, gates)
             for event in events:
+                if isinstance(event, Queued):
+                    yield ui.chat, None, event.status()
+                    continue
                 kind = event.kind
                 if kind == "transcript":
                     exchange.user = event.text.strip() or "(nothing heard)"
