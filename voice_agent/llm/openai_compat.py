@@ -48,7 +48,7 @@ import httpx
 
 from voice_agent.core.cancel import is_cancelled
 from voice_agent.core.config import Settings, get_settings
-from voice_agent.core.errors import BusyError
+from voice_agent.core.errors import BusyError, InputError
 from voice_agent.core.loading import LoadReport, Strategy, explain_error, run_chain
 from voice_agent.llm.base import (
     ChatMessage,
@@ -56,6 +56,7 @@ from voice_agent.llm.base import (
     LLMCapabilities,
     Reply,
     ReplyStream,
+    ToolSpec,
 )
 from voice_agent.llm.errors import GenerationError, PromptTooLongError
 from voice_agent.llm.prompt import (
@@ -575,9 +576,14 @@ class OpenAICompatLLM:
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
     ) -> Reply:
         """Answer `messages` and return the whole reply (see `stream_reply`)."""
-        return self.stream_reply(messages, settings, cancel, system_prompt).collect()
+        return self.stream_reply(
+            messages, settings, cancel, system_prompt, tools=tools, tool_choice=tool_choice
+        ).collect()
 
     def stream_reply(
         self,
@@ -585,8 +591,15 @@ class OpenAICompatLLM:
         settings: GenerationSettings | None = None,
         cancel: object | None = None,
         system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str = "auto",
     ) -> ReplyStream:
         """Stream the server's reply to `messages`, piece by piece.
+
+        Tools are not passed to the server yet: the engine declares no `tools`
+        capability, so the agent's turns answer without them, and a caller that
+        passes some gets an `InputError` rather than a reply that ignored them.
 
         Bad input raises here (the same `InputError`s as the embedded engine); the
         request starts on a worker at once. Server trouble is raised from the
@@ -594,6 +607,8 @@ class OpenAICompatLLM:
         `BusyError` (still busy after the retries). Cancelling, or closing the
         iterator, hangs up; the reply then ends "cancelled" with the words so far.
         """
+        if tools:
+            raise InputError("the serving-engine LLM backend does not pass tools to the server yet")
         start = time.perf_counter()
         gen = settings or GenerationSettings()
         check_generation_settings(gen, self.context_length)
