@@ -19,11 +19,13 @@ os.environ.setdefault("VOICE_AGENT_TEST", "1")
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding llm/, stt/, vits/ and dia2/ tiny checkpoints (built once)."""
+    """A directory holding llm/, stt/, vits/, piper/ and dia2/ tiny checkpoints (built once)."""
     from voice_agent.testing.tiny import make_tiny_models
 
     prebuilt = os.environ.get("VOICE_AGENT_TINY_MODELS")
-    if prebuilt and all((Path(prebuilt) / p).is_dir() for p in ("llm", "stt", "vits", "dia2")):
+    if prebuilt and all(
+        (Path(prebuilt) / p).is_dir() for p in ("llm", "stt", "vits", "piper", "dia2")
+    ):
         return Path(prebuilt)
     out = tmp_path_factory.mktemp("tiny-models")
     make_tiny_models(out)

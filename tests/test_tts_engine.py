@@ -127,7 +127,7 @@ def test_every_backend_failing_raises_with_the_report(monkeypatch, tmp_path: Pat
     with pytest.raises(ModelLoadError) as info:
         LocalTTS()
     report = info.value.report
-    assert [a.strategy.split()[0] for a in report.attempts] == ["dia2", "vits"]
+    assert [a.strategy.split()[0] for a in report.attempts] == ["dia2", "piper", "vits"]
     assert all(a.outcome == "failed" for a in report.attempts)
     assert "prefetch" in (report.attempts[-1].error or "")
 
@@ -146,7 +146,7 @@ def test_tts_device_cuda_without_cuda_is_recorded(monkeypatch, tiny_models: Path
 
 
 def test_unknown_backend_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="auto, dia2, dia, vits"):
+    with pytest.raises(ValueError, match="auto, dia2, dia, piper, vits"):
         LocalTTS(backend="espeak")
 
 

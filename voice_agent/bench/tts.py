@@ -16,6 +16,11 @@ tokens, and peak RSS.
   is encoded and fully generated) follow from it. Skipped in `--quick` runs and
   when less than 10 GiB of RAM is free.
 - `dia2`: the `dia2` section measures it (our runtime, 2B-shaped).
+- `cpu_default`: the backend `TTS_BACKEND=auto` picks on a CPU (Piper), on a
+  random voice with a Piper "medium" voice's widths exported to ONNX here (the
+  Hub is not needed): RTF alone, RTF while a Qwen2.5-0.5B-shaped LLM decodes in
+  another process (`rtf_beside_llm`, the turn's real situation: the reply is
+  spoken while it is still being written), and the time to first audio.
 """
 
 from __future__ import annotations
@@ -65,6 +70,55 @@ print(json.dumps({{"load_s": load_s, "compute_s": compute_s, "audio_s": audio_s,
                   "first_audio_s": firsts[len(firsts) // 2]}}))
 """
 
+PIPER_CHILD = """
+import json, subprocess, sys, time
+from voice_agent.core.config import load_settings
+from voice_agent.tts.engine import LocalTTS
+reply = {reply!r}
+settings = load_settings({{"HF_HUB_OFFLINE": "1", "TTS_DEVICE": "cpu"}})
+tts = LocalTTS(backend="piper", model_name={model!r}, settings=settings)
+tts.synthesize("Warm up.")
+def rtf():
+    runs = []
+    for _ in range({repeats}):
+        t0 = time.perf_counter()
+        rate, audio = tts.synthesize(reply)
+        runs.append((time.perf_counter() - t0) / (len(audio) / rate))
+    return sorted(runs)[len(runs) // 2]
+alone = rtf()
+firsts = []
+for _ in range({repeats}):
+    t0 = time.perf_counter()
+    stream = tts.stream(iter(w + " " for w in reply.split()))
+    next(stream)
+    firsts.append(time.perf_counter() - t0)
+    stream.close()
+llm = subprocess.Popen([sys.executable, "-c", {llm!r}], stdout=subprocess.PIPE, text=True)
+try:
+    ready = llm.stdout.readline().strip()
+    beside = rtf() if ready == "decoding" else None
+finally:
+    llm.kill()
+print(json.dumps({{"rtf": alone, "rtf_beside_llm": beside, "threads": tts._backend.threads,
+                  "first_audio_s": sorted(firsts)[len(firsts) // 2]}}))
+"""
+
+# Token-by-token decoding of a Qwen2.5-0.5B-shaped model (random weights, one
+# thread), the load the TTS shares the machine with while a reply is spoken.
+LLM_DECODE = """
+import torch
+torch.set_num_threads(1)
+from transformers import Qwen2Config, Qwen2ForCausalLM
+config = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+    num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+model = Qwen2ForCausalLM(config).eval()
+ids = torch.tensor([[1, 2, 3, 4]])
+print("decoding", flush=True)
+with torch.inference_mode():
+    while True:
+        model.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False)
+"""
+
 DIA_CHILD = """
 import json, time, torch
 torch.set_num_threads({threads})
@@ -110,6 +164,28 @@ def _vits(tmp: Path, quick: bool, threads: int) -> dict[str, Any]:
     }
 
 
+def _cpu_default(tmp: Path, quick: bool) -> dict[str, Any]:
+    from voice_agent.testing.tiny_piper import build_shaped
+
+    row: dict[str, Any] = {"backend": "piper", "model": "Piper medium shape (random, ONNX)"}
+    model = build_shaped(tmp / "piper-medium-shaped")
+    code = PIPER_CHILD.format(
+        reply=REPLY, model=str(model), repeats=2 if quick else 5, llm=LLM_DECODE
+    )
+    out = run_isolated(code, env={"HF_HUB_OFFLINE": "1"})
+    if "error" in out:
+        return {**row, "error": out["error"]}
+    beside = out["rtf_beside_llm"]
+    return {
+        **row,
+        "rtf": round(out["rtf"], 3),
+        "rtf_beside_llm": None if beside is None else round(beside, 3),
+        "first_audio_s": round(out["first_audio_s"], 3),
+        "onnx_threads": out["threads"],
+        "peak_rss_mb": out.get("peak_rss_mb"),
+    }
+
+
 def _dia(quick: bool, threads: int) -> dict[str, Any]:
     import psutil
 
@@ -143,9 +219,11 @@ def run(quick: bool = False) -> dict:
     threads = min(4, os.cpu_count() or 1)
     load_before = round(os.getloadavg()[0], 2)  # other work on the box slows every row
     with tempfile.TemporaryDirectory() as tmp:
+        cpu_default = _cpu_default(Path(tmp), quick)
         rows = [_vits(Path(tmp), quick, threads), _dia(quick, threads)]
     rows.append({"backend": "dia2", "model": "Dia2-2B shape", "skipped": "see the dia2 section"})
     return {
+        "cpu_default": cpu_default,
         "rows": rows,
         "threads": threads,
         "load_avg_1m_before": load_before,

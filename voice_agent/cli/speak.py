@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from voice_agent.core.errors import InputError, VoiceAgentError
+from voice_agent.tts.backends import NAMES
 
 
 def main(argv: list[str]) -> int:
@@ -19,7 +20,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", required=True, type=Path, help="WAV file to write")
     parser.add_argument(
         "--backend",
-        choices=("auto", "dia2", "dia", "vits"),
+        choices=("auto", *NAMES),
         help="override TTS_BACKEND",
     )
     parser.add_argument("--model", help="override TTS_MODEL_NAME")

@@ -25,7 +25,7 @@ from voice_agent.core.errors import VoiceAgentError
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
-TTSBackendName = Literal["auto", "dia2", "dia", "vits"]
+TTSBackendName = Literal["auto", "dia2", "dia", "piper", "vits"]
 VADBackendName = Literal["auto", "numpy"]
 LLMBackendName = Literal["transformers", "openai"]
 
@@ -46,8 +46,16 @@ DEFAULT_DIA2 = "nari-labs/Dia2-2B"
 DEFAULT_DIA2_SMALL = "nari-labs/Dia2-1B"
 DEFAULT_DIA = "nari-labs/Dia-1.6B-0626"
 DEFAULT_VITS = "facebook/mms-tts-eng"
+# One voice folder of the many-voice repo (a hub ref may name a folder inside a repo).
+# Not lessac: its Blizzard-2013 corpus licence restricts commercial synthesis (docs/tts.md).
+DEFAULT_PIPER = "rhasspy/piper-voices/en/en_US/ljspeech/medium"
 DEFAULT_MIMI = "kyutai/mimi"
-DEFAULT_TTS = {"dia2": DEFAULT_DIA2, "dia": DEFAULT_DIA, "vits": DEFAULT_VITS}
+DEFAULT_TTS = {
+    "dia2": DEFAULT_DIA2,
+    "dia": DEFAULT_DIA,
+    "piper": DEFAULT_PIPER,
+    "vits": DEFAULT_VITS,
+}
 # The built-in tools (voice_agent.tools), in the order the model sees them.
 BUILTIN_TOOLS = (
     "current_time",
@@ -190,12 +198,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "TTS_BACKEND",
         "auto",
-        "auto | dia2 | dia | vits. auto = Dia2 on CUDA when it fits, else VITS on CPU.",
+        "auto | dia2 | dia | piper | vits. auto = Dia2 on CUDA when it fits, else Piper (ONNX) on CPU, VITS (mms) as the last fallback.",
     ),
     Variable(
         "TTS_MODEL_NAME",
         None,
-        f"TTS checkpoint for the chosen backend. Unset: {DEFAULT_DIA2} (dia2), {DEFAULT_DIA} (dia), {DEFAULT_VITS} (vits).",
+        f"TTS checkpoint for the chosen backend. Unset: {DEFAULT_DIA2} (dia2), {DEFAULT_DIA} (dia), {DEFAULT_PIPER} (piper), {DEFAULT_VITS} (vits).",
     ),
     Variable("TTS_DEVICE", "auto", "TTS device: auto | cpu | cuda."),
     Variable(
@@ -579,7 +587,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stt_model_name=optional("STT_MODEL_NAME"),
         whisper_device=_choice("WHISPER_DEVICE", text("WHISPER_DEVICE"), devices),  # type: ignore[arg-type]
         stt_language=text("STT_LANGUAGE").strip().lower(),
-        tts_backend=_choice("TTS_BACKEND", text("TTS_BACKEND"), ("auto", "dia2", "dia", "vits")),  # type: ignore[arg-type]
+        tts_backend=_choice(
+            "TTS_BACKEND", text("TTS_BACKEND"), ("auto", "dia2", "dia", "piper", "vits")
+        ),  # type: ignore[arg-type]
         tts_model_name=optional("TTS_MODEL_NAME"),
         tts_device=_choice("TTS_DEVICE", text("TTS_DEVICE"), devices),  # type: ignore[arg-type]
         tts_voices_dir=Path(os.path.expanduser(text("TTS_VOICES_DIR"))),
@@ -715,7 +725,7 @@ def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str
         tts_cuda = settings.tts_device == "cuda" or (
             settings.tts_device == "auto" and cuda_available
         )
-        backend = "dia2" if tts_cuda else "vits"
+        backend = "dia2" if tts_cuda else "piper"
     default_tts = DEFAULT_TTS[backend]
     out = {
         "llm": llm,

@@ -23,10 +23,20 @@ log = logging.getLogger(__name__)
 
 Source = Literal["local_dir", "local_models_dir", "cache", "hub"]
 FIX_COMMAND = "python -m voice_agent prefetch"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[A-Za-z0-9][\w.\-]{0,95})?$")
+# org/name, optionally followed by a folder inside that repository
+# ("rhasspy/piper-voices/en/en_US/lessac/medium": one voice of a many-voice repo).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[A-Za-z0-9][\w.\-]{0,95})*$")
 # Files a download needs; skips duplicate .bin/.pt/.onnx weights when safetensors exist.
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py"]
+# A folder inside a repo is fetched alone, with the files a voice needs (ONNX weights too).
+SUBFOLDER_PATTERNS = ["*.onnx", "*.json", "*.txt", "*.md", "MODEL_CARD"]
 HUB_TIMEOUT_S = "10"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """(repo id, folder inside it or "") of a hub reference: "org/name/sub/dir" -> ("org/name", "sub/dir")."""
+    parts = ref.split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 class ModelNotFoundError(ModelLoadError):
@@ -160,7 +170,7 @@ def ensure_model_exists(
     cache = hub_cache_dir(settings)
     searched.append(f"Hugging Face cache {cache}")
     cached = _from_cache(ref, cache)
-    if cached is not None:
+    if cached is not None and cached.is_dir():
         _check_model_dir(cached, ref, required_files)
         return ResolvedModel(ref, cached, "cache", searched)
 
@@ -175,7 +185,7 @@ def ensure_model_exists(
             f"Model {ref!r} was not found locally and {why}. Searched: "
             + "; ".join(searched)
             + f". Fix: run `{FIX_COMMAND}` while online (or put the model in "
-            f"{base}/{ref.split('/')[-1]}), then start again.",
+            f"{base}/{ref if split_ref(ref)[1] else ref.split('/')[-1]}), then start again.",
             searched,
         )
     searched.append(f"Hugging Face Hub ({ref})")
@@ -185,17 +195,19 @@ def ensure_model_exists(
 
 
 def _from_cache(ref: str, cache: Path) -> Path | None:
-    """The cached snapshot of `ref`, or None. Local files only."""
-    repo_dir = cache / f"models--{ref.replace('/', '--')}"
+    """The cached snapshot of `ref` (its folder, for a ref inside a repo), or None. Local files only."""
+    repo, sub = split_ref(ref)
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
     if not repo_dir.is_dir():
         return None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(ref, cache_dir=str(cache), local_files_only=True))
+        snapshot = Path(snapshot_download(repo, cache_dir=str(cache), local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
+    return snapshot / sub if sub else snapshot
 
 
 def download_model(
@@ -215,12 +227,13 @@ def download_model(
 
     log.info("Downloading %s into %s", ref, hub_cache_dir(settings))
     where = "; ".join(searched or [])
+    repo, sub = split_ref(ref)
+    patterns = [f"{sub}/{p}" for p in SUBFOLDER_PATTERNS] if sub else DOWNLOAD_PATTERNS
     try:
-        return Path(
-            snapshot_download(
-                ref, cache_dir=str(hub_cache_dir(settings)), allow_patterns=DOWNLOAD_PATTERNS
-            )
+        snapshot = Path(
+            snapshot_download(repo, cache_dir=str(hub_cache_dir(settings)), allow_patterns=patterns)
         )
+        return snapshot / sub if sub else snapshot
     except GatedRepoError:
         raise ModelNotFoundError(
             f"{ref!r} is gated on the hub: accept its licence on its page and log in "

@@ -7,8 +7,9 @@
 
 Backend choice (`TTS_BACKEND`):
 - `auto`: Dia2 on CUDA when it fits (Dia2-1B when memory is short for the 2B),
-  otherwise VITS on the CPU: Dia2 on a laptop CPU is far slower than speech.
-- `dia2` / `dia` / `vits`: that backend first, then VITS on the CPU as the fallback.
+  otherwise Piper (ONNX) on the CPU: Dia2 on a laptop CPU is far slower than speech.
+- `dia2` / `dia` / `piper`: that backend first, then the light ones on the CPU as the
+  fallback (`LIGHT`: Piper, then VITS). `vits`: VITS alone.
 
 Every attempt (backend, model, device, dtype, seconds, reason) lands in
 `self.report` (a `LoadReport`); if all fail, `ModelLoadError` carries it and
@@ -35,6 +36,7 @@ from voice_agent.core.config import (
     DEFAULT_DIA,
     DEFAULT_DIA2,
     DEFAULT_DIA2_SMALL,
+    DEFAULT_PIPER,
     DEFAULT_TTS,
     DEFAULT_VITS,
     Settings,
@@ -48,6 +50,7 @@ from voice_agent.tts.backends import NAMES, NothingToSpeakError, UnknownVoiceErr
 from voice_agent.tts.backends.base import SpeechBackend, WordStreamingBackend, WordTimer
 from voice_agent.tts.base import AudioChunk, TTSCapabilities, Voice
 from voice_agent.tts.text.chunking import (
+    CLAUSE_PAUSE_MS,
     SENTENCE_PAUSE_MS,
     Phrasing,
     check_length,
@@ -62,11 +65,13 @@ from voice_agent.tts.text.speakable import make_speakable
 log = logging.getLogger(__name__)
 
 CPU_REASON = (
-    "Dia2 on a laptop CPU is far slower than speech; the light backend (VITS) speaks in real time"
+    "Dia2 on a laptop CPU is far slower than speech; the light backend (Piper) speaks in real time"
 )
 DIA_CPU_REASON = (
-    "Dia on a CPU is far slower than speech; the light backend (VITS) speaks in real time"
+    "Dia on a CPU is far slower than speech; the light backend (Piper) speaks in real time"
 )
+# The CPU backends every plan ends with, fastest first (docs/tts.md has the numbers).
+LIGHT = ("piper", "vits")
 # Parameter counts of the published checkpoints, for planning before a download.
 KNOWN_PARAMS = {DEFAULT_DIA2: 1.9e9, DEFAULT_DIA2_SMALL: 1.08e9, DEFAULT_DIA: 1.6e9}
 MIMI_BYTES = int(0.4 * GIB)  # Mimi codec beside Dia2, float32
@@ -102,6 +107,8 @@ def detect_backend(ref: str, settings: Settings) -> str | None:
     """Which backend a checkpoint is for: from its config when local, else from its name."""
     path = _local_dir(ref, settings)
     if path is not None:
+        if any(path.glob("*.onnx.json")):
+            return "piper"
         if (path / "dia2" / "config.json").is_file():
             return "dia2"
         try:
@@ -113,6 +120,8 @@ def detect_backend(ref: str, settings: Settings) -> str | None:
         if config.get("model_type") in ("vits", "dia"):
             return config["model_type"]
     name = ref.lower()
+    if "piper" in name:
+        return "piper"
     if "dia2" in name or "dia-2" in name:
         return "dia2"
     if "dia" in name:
@@ -123,11 +132,11 @@ def detect_backend(ref: str, settings: Settings) -> str | None:
 
 
 class LocalTTS:
-    """The project's TTS engine: runs whichever local backend (Dia2, Dia or VITS) the
+    """The project's TTS engine: runs whichever local backend (Dia2, Dia, Piper or VITS) the
     loading chain chose, behind the `TTSEngine` Protocol (the seed called it `Dia2TTS`).
 
     Args:
-        backend: "auto", "dia2", "dia" or "vits"; default `TTS_BACKEND`.
+        backend: "auto", "dia2", "dia", "piper" or "vits"; default `TTS_BACKEND`.
         model_name: checkpoint of the first backend tried; default `TTS_MODEL_NAME`,
             else that backend's default model.
         settings: default `get_settings()`.
@@ -190,7 +199,7 @@ class LocalTTS:
         if wants == "auto" and not cuda_ok:
             self.report.notes.append(f"No CUDA for TTS ({cuda_why}).")
         plan: list[Strategy[SpeechBackend]] = []
-        light = DEFAULT_VITS
+        light = {"piper": DEFAULT_PIPER, "vits": DEFAULT_VITS}
         if requested == "auto":
             # A checkpoint of unknown kind goes to the backend auto would pick first.
             kind = detect_backend(model, settings) if model else None
@@ -211,9 +220,13 @@ class LocalTTS:
                     plan.append(
                         self._strategy("dia", ref, "cpu", "float32", why_not=DIA_CPU_REASON)
                     )
-            else:
-                light = model or DEFAULT_VITS
-            plan.append(self._strategy("vits", light, "cpu", "float32"))
+            elif kind == "piper":
+                light["piper"] = model or DEFAULT_PIPER
+            elif model:
+                # A light checkpoint of another kind is a VITS one: it comes first.
+                plan.append(self._strategy("vits", model, "cpu", "float32"))
+            tried = {a.name.split()[0] for a in plan}
+            plan += [self._strategy(n, light[n], "cpu", "float32") for n in LIGHT if n not in tried]
             return plan
         ref = model or DEFAULT_TTS[requested]
         if wants == "cuda" and not cuda_ok:
@@ -232,10 +245,12 @@ class LocalTTS:
             plan.append(
                 self._strategy("dia", ref, device, self._half() if device == "cuda" else "float32")
             )
+        elif requested == "piper":
+            plan.append(self._strategy("piper", ref, "cpu", "float32"))  # onnxruntime's CPU
         else:
             plan.append(self._strategy("vits", ref, device, "float32"))
         if requested != "vits":
-            plan.append(self._strategy("vits", light, "cpu", "float32"))
+            plan += [self._strategy(n, light[n], "cpu", "float32") for n in LIGHT if n != requested]
         return plan
 
     @staticmethod
@@ -294,6 +309,9 @@ class LocalTTS:
         """Memory the model needs, from local safetensors headers or the published size."""
         path = _local_dir(ref, self.settings)
         extra = MIMI_BYTES if name == "dia2" else 0
+        if name == "piper":  # the ONNX graph plus onnxruntime's working buffers
+            graphs = list(path.glob("*.onnx")) if path is not None else []
+            return 2 * sum(g.stat().st_size for g in graphs) + int(0.2 * GIB) if graphs else None
         try:
             if path is not None:
                 model_dir = path / "dia2" if (path / "dia2").is_dir() else path
@@ -426,6 +444,14 @@ class LocalTTS:
         # Dia2 utterances carry their own leading and trailing silence.
         return 0.0 if self.backend == "dia2" else SENTENCE_PAUSE_MS
 
+    def _join_ms(self, previous: str) -> float:
+        """The pause after `previous`: a breath after a sentence, a short one after a
+        clause, none inside a run of words cut only for length (natural joins)."""
+        end = previous.rstrip()[-1:]
+        if end in ".!?" or not self._pause_ms:
+            return self._pause_ms
+        return CLAUSE_PAUSE_MS if end in ",;:-–—" else 0.0
+
     def stream(
         self,
         text: str | Iterable[str],
@@ -476,6 +502,11 @@ class LocalTTS:
             if foreign and not warned:
                 self._warn_foreign(sentence)
                 warned = True
+            # A clause cut early keeps its mark: the voice reads it as a clause, not a
+            # sentence end, and the join after it is a short break (`_join_ms`).
+            mark = sentence.rstrip()[-1:]
+            if spoken and mark in ",;:" and not self._backend.streams_text:
+                spoken = spoken.rstrip(".!?") + mark
             if spoken:
                 yield from split_text(spoken, self._backend.max_chars)
 
@@ -489,14 +520,14 @@ class LocalTTS:
             for samples in streamer.stream_phrases(phrases, voice, cancel):
                 yield AudioChunk(rate, samples)
         else:
-            first = True
+            previous = ""
             for piece in phrases:
                 if is_cancelled(cancel):
                     return
                 audio = fade_edges(self._backend.synthesize(piece, voice), rate)
-                if not first:
-                    audio = np.concatenate([silence(rate, self._pause_ms), audio])
-                first = False
+                if previous:
+                    audio = np.concatenate([silence(rate, self._join_ms(previous)), audio])
+                previous = piece
                 yield AudioChunk(rate, audio, text=piece)
         if not is_cancelled(cancel):
             yield AudioChunk(rate, silence(rate, END_MS), final=True)

@@ -38,6 +38,12 @@ REGISTRY: dict[str, BackendEntry] = {
         "Dia 1.6B (nari-labs, Apache-2.0) through transformers; sentence by sentence",
         "pip install torch 'transformers>=4.54'",
     ),
+    "piper": BackendEntry(
+        "voice_agent.tts.backends.piper",
+        "PiperBackend",
+        "Piper voices (ONNX VITS) through onnxruntime, read with gruut; the fast CPU default",
+        "pip install onnxruntime 'gruut==2.4.0' 'gruut-lang-en==2.0.1'",
+    ),
     "vits": BackendEntry(
         "voice_agent.tts.backends.vits",
         "VitsBackend",

@@ -30,6 +30,7 @@ from voice_agent.core.errors import InputTooLargeError
 
 FADE_MS = 8.0  # long enough to hide a step, short enough not to eat a consonant
 SENTENCE_PAUSE_MS = 90.0  # the breath between two separately synthesized sentences
+CLAUSE_PAUSE_MS = 40.0  # the shorter break after a comma when a sentence is spoken in phrases
 # Words after which a period does not end a sentence.
 ABBREVIATIONS = {
     "dr", "mr", "mrs", "ms", "prof", "st", "jr", "sr", "vs", "approx", "no", "fig", "inc", "ltd",
