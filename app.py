@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     # Loading runs on a thread so the page opens at once and shows the progress.
     models = get_models(settings, background=True)
     agent = get_agent()
+    # Gather the tools now (MCP servers connect in the background), not at the first turn.
+    threading.Thread(target=lambda: agent.toolbox, name="tools", daemon=True).start()
     blocks = build_ui(lambda: agent, models)
     app = build_app(models, settings, blocks)
 

@@ -14,6 +14,16 @@ Both run in the same process, alternating, several times; medians are reported,
 and `first_audio_speedup` = sequential / streaming. A third row streams whole
 sentences only (no early first phrase), to show what that rule buys.
 
+Tools (what a tool call adds to the time to first audio): the same turn with the
+built-in tools in the prompt and the model answering at once ("tools offered");
+with one call first (`current_time`, scripted as the model writes it: a
+`<tool_call>` block of `CALL_PIECES` tokens), then the same answer ("one tool
+call"); and with a tool that takes `SLOW_TOOL_S`, so the filler is said first
+("slow tool"). `answer_audio` is the answer's first sound, `first_audio` whatever
+came first (the filler's); `tool_call_extra_s` = answer audio with a call minus
+first audio without tools. The rows without tools run with the session's tools
+off, as before tools existed.
+
 Fixed reply length and real text: random weights would stop anywhere and write
 no words, so the LLM's output rows for special tokens and for ids outside the test
 tokenizer are zeroed (greedy decoding never ends early) and it always generates
@@ -42,6 +52,11 @@ REPLY = (
 )
 STT_TOKENS = 16
 PROMPT_NOTE = "the user's turn is assets/hello.wav (3.4 s)"
+TOOL_CALL = '<tool_call>\n{"name": "current_time", "arguments": {}}\n</tool_call>'
+SLOW_TOOL_CALL = (
+    '<tool_call>\n{"name": "slow_lookup", "arguments": {"city": "Paris"}}\n</tool_call>'
+)
+SLOW_TOOL_S = 1.5
 
 
 def reply_pieces(text: str = REPLY) -> list[str]:
@@ -49,12 +64,25 @@ def reply_pieces(text: str = REPLY) -> list[str]:
     return re.findall(r"\s?\w+|[^\w\s]", text)
 
 
-class ScriptedLLM:
-    """Wraps an LLM engine: generated token k is shown as piece k of a fixed reply."""
+def call_pieces(call: str) -> list[str]:
+    """A tool call as a tokenizer streams it: `<tool_call>` whole (one token in Qwen2.5), then
+    words, punctuation and the JSON's symbols."""
+    head, body, tail = call.partition("\n")[0], call.split("\n")[1], call.rpartition("\n")[2]
+    return [head, "\n", *re.findall(r"\s?\w+|[^\w\s]", body), "\n", tail]
 
-    def __init__(self, llm: Any, pieces: list[str]) -> None:
+
+class ScriptedLLM:
+    """Wraps an LLM engine: generated token k is shown as piece k of a fixed reply.
+
+    `call`: the pieces of a tool call the model writes first, when it is given tools and
+    has no tool result yet (None: it always answers). Tool calls in the script are parsed
+    by the engine's own parser (`with_tool_calls`), as the model's would be.
+    """
+
+    def __init__(self, llm: Any, pieces: list[str], call: list[str] | None = None) -> None:
         self._llm = llm
         self.pieces = pieces
+        self.call = call
         self.model_id = llm.model_id
         self.report = llm.report
         self.context_length = llm.context_length
@@ -119,12 +147,15 @@ def build_llm(out_dir: Path) -> Path:
     model = build_shaped_model("0.5B", "bfloat16")
     # Silence special tokens, ids the tokenizer does not have, and byte tokens that are not
     # text on their own (the streamer would hold them back, merging pieces).
+    # ... and any that could open a tool call ("<", "{", "[", "`"), so the engine's tool-call
+    # filter always passes one generated token as one piece.
     partial = [
         i
         for i in range(len(tokenizer))
         if not (piece := tokenizer.decode([i])).strip()
         or "\ufffd" in piece
         or not piece.isprintable()
+        or any(c in piece for c in "<{[`")
     ]
     silenced = [
         *tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)),
@@ -166,11 +197,21 @@ def run(quick: bool = False) -> dict:
     from voice_agent.pipeline.agent import Agent
     from voice_agent.pipeline.models import LoadedModels
     from voice_agent.testing.paths import REPO_ROOT
+    from voice_agent.tools import Toolbox
+    from voice_agent.tools.schema import tool_from_function
+    from voice_agent.tools.toolbox import builtin_tools
+
+    def slow_lookup(city: str) -> str:
+        """The weather in a city (a slow service)."""
+        time.sleep(SLOW_TOOL_S)
+        return f"sunny in {city}"
 
     repeats = 2 if quick else 5
     clip = load_audio(str(REPO_ROOT / "assets" / "hello.wav"))
     speech = (SAMPLE_RATE, clip)
     pieces = reply_pieces()
+    calls = {"one tool call": call_pieces(TOOL_CALL), "slow tool": call_pieces(SLOW_TOOL_CALL)}
+    longest = max(len(pieces), *(len(c) for c in calls.values()))
     generation = GenerationSettings(temperature=0.0, max_new_tokens=len(pieces))
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         t0 = time.perf_counter()
@@ -186,15 +227,19 @@ def run(quick: bool = False) -> dict:
             "LLM_DEVICE": "cpu",
             "WHISPER_DEVICE": "cpu",
             "TTS_DEVICE": "cpu",
+            "MCP_SERVERS": "",
+            "TOOLS_MODULES": "",
         }
         t0 = time.perf_counter()
         models = LoadedModels(load_settings(env)).load_all()
         load_s = time.perf_counter() - t0
         if not models.ready():
             return {"rows": [], "notes": f"models did not load: {models.errors}", "error": True}
-        llm = models.llm = ScriptedLLM(models.llm, pieces)
+        engine: Any = models.llm
+        llm = models.llm = ScriptedLLM(engine, pieces)
         stt, tts = models.require("stt"), models.require("tts")
-        agent = Agent(models)
+        toolbox = Toolbox([*builtin_tools(), tool_from_function(slow_lookup)])
+        agent = Agent(models, tools=toolbox)
 
         def sequential() -> dict[str, float]:
             start = time.perf_counter()
@@ -216,35 +261,62 @@ def run(quick: bool = False) -> dict:
                 "audio_s": len(audio) / rate,
             }
 
-        by_sentence = Agent(models, first_phrase_words=0)
+        by_sentence = Agent(models, first_phrase_words=0, tools=toolbox)
 
-        def streaming(engine: Agent = agent) -> dict[str, Any]:
-            session = engine.new_session(generation=generation)
+        def streaming(
+            engine: Agent = agent, tools: bool = False, call: list[str] | None = None
+        ) -> dict[str, Any]:
+            llm.call = call
+            session = engine.new_session(generation=generation, tools=tools)
+            if call is not None:  # the call's JSON needs its own tokens
+                session.generation = GenerationSettings(temperature=0.0, max_new_tokens=longest)
             events = list(engine.run_turn(session, audio=speech))
             done = events[-1]
             assert done.kind == "done", [e.text for e in events if e.kind == "error"]
             t = done.timings
             assert t is not None and t.first_token is not None
+            assert t.tool_calls == (1 if call else 0), t
+            assert done.text.strip() == "".join(pieces).strip()
+            answer_audio = t.answer_audio if call else t.first_audio
             return {
                 "transcript_ready": t.transcript_ready,
                 "first_token": t.first_token,
-                "reply_done": t.first_token + (t.llm_s or 0.0),
+                "reply_done": (t.answer_token or t.first_token) + (t.llm_s or 0.0),
                 "first_audio": t.first_audio,
+                "answer_audio": answer_audio,
+                "filler_at": t.filler_at,
+                "tool_s": t.tool_s,
                 "total": t.total,
                 "reply_tokens": len(pieces),
                 "audio_s": t.audio_s,
             }
 
-        runs: dict[str, list[dict[str, float]]] = {
+        def prompt_tokens(tools: bool) -> int:
+            user = [{"role": "user", "content": "What is the weather like?"}]
+            specs = toolbox.specs() if tools else None
+            return engine.count_tokens(user, tools=specs)
+
+        runs: dict[str, list[dict[str, Any]]] = {
             "sequential": [],
             "streaming": [],
             "streaming, whole sentences": [],
+            "streaming, tools offered": [],
+            "streaming, one tool call": [],
+            "streaming, slow tool (filler)": [],
         }
-        sequential(), streaming()  # warm-up: first-call costs are not the pipeline's
+        turns = {
+            "sequential": sequential,
+            "streaming": streaming,
+            "streaming, whole sentences": lambda: streaming(by_sentence),
+            "streaming, tools offered": lambda: streaming(tools=True),
+            "streaming, one tool call": lambda: streaming(tools=True, call=calls["one tool call"]),
+            "streaming, slow tool (filler)": lambda: streaming(tools=True, call=calls["slow tool"]),
+        }
+        sequential(), streaming(), streaming(tools=True)  # warm-up: first-call costs
         for _ in range(repeats):
-            runs["sequential"].append(sequential())
-            runs["streaming"].append(streaming())
-            runs["streaming, whole sentences"].append(streaming(by_sentence))
+            for name, turn in turns.items():
+                runs[name].append(turn())
+        tokens = {"without tools": prompt_tokens(False), "with tools": prompt_tokens(True)}
 
     rows = []
     for name, results in runs.items():
@@ -254,17 +326,31 @@ def run(quick: bool = False) -> dict:
             "first_token",
             "reply_done",
             "first_audio",
+            "answer_audio",
+            "filler_at",
+            "tool_s",
             "total",
             "audio_s",
         ):
-            row[f"{key}_s" if not key.endswith("_s") else key] = round(
-                statistics.median(r[key] for r in results), 3
-            )
+            values = [r[key] for r in results if r.get(key) is not None]
+            name_s = f"{key}_s" if not key.endswith("_s") else key
+            row[name_s] = round(statistics.median(values), 3) if values else None
         rows.append(row)
-    speedup = rows[0]["first_audio_s"] / rows[1]["first_audio_s"]
+    by_name = {row["pipeline"]: row for row in rows}
+    speedup = by_name["sequential"]["first_audio_s"] / by_name["streaming"]["first_audio_s"]
+    base = by_name["streaming"]["first_audio_s"]
     return {
         "rows": rows,
         "first_audio_speedup": round(speedup, 2),
+        "tool_prompt_extra_s": round(
+            by_name["streaming, tools offered"]["first_audio_s"] - base, 3
+        ),
+        "tool_call_extra_s": round(by_name["streaming, one tool call"]["answer_audio_s"] - base, 3),
+        "slow_tool_filler_s": by_name["streaming, slow tool (filler)"]["first_audio_s"],
+        "slow_tool_answer_extra_s": round(
+            by_name["streaming, slow tool (filler)"]["answer_audio_s"] - base, 3
+        ),
+        "prompt_tokens": tokens,
         "build_s": round(build_s, 1),
         "load_s": round(load_s, 1),
         "models": {
@@ -281,6 +367,11 @@ def run(quick: bool = False) -> dict:
             "Agent.run_turn: the first phrase (to the first comma here, at most 8 words) is "
             "spoken while the rest is written; 'whole sentences' turns that off "
             "(Agent(first_phrase_words=0)). "
+            "Tool rows: the built-in tools in the prompt (the test tokenizer makes them "
+            f"{tokens['with tools'] - tokens['without tools']} tokens; Qwen2.5's own tokenizer "
+            "makes about a third of that); 'one tool call' writes a current_time call "
+            f"({len(calls['one tool call'])} tokens) before the same answer; 'slow tool' calls a "
+            f"tool that takes {SLOW_TOOL_S:g} s, so 'One moment.' is said after 1 s. "
             "Medians of alternating runs in one process after one warm-up each."
         ),
     }

@@ -47,6 +47,10 @@ def run_one(agent, session, out: TextIO, *, text=None, audio=None, speak_to=None
             elif event.kind == "audio" and event.audio is not None:
                 rate = event.audio.sample_rate
                 chunks.append(np.asarray(event.audio.samples, dtype=np.float32))
+            elif event.kind == "tool" and event.tool is not None and event.tool.status != "running":
+                record = event.tool
+                outcome = record.result if record.ok else f"{record.status}: {record.error}"
+                print(f"  [tool {record.name}: {outcome}]", file=out, flush=True)
             elif event.kind == "notice":
                 print(f"{chr(10) if started_reply else ''}({event.text})", file=out, flush=True)
             elif event.kind == "error":

@@ -299,12 +299,18 @@ class OpenSourceLLM:
     # --- chatting -------------------------------------------------------------------------
 
     def count_tokens(
-        self, messages: list[ChatMessage] | str, system_prompt: str | None = None
+        self,
+        messages: list[ChatMessage] | str,
+        system_prompt: str | None = None,
+        *,
+        tools: Sequence[ToolSpec] | None = None,
     ) -> int:
-        """Prompt tokens for `messages` through the chat template (system prompt included)."""
+        """Prompt tokens for `messages` through the chat template (system prompt and tools
+        included)."""
         checked = self._messages(messages, system_prompt)
+        specs = check_tools(tools)
         with self._acquire(None):
-            return len(render(self.tokenizer, checked))
+            return len(render(self.tokenizer, checked, specs or None))
 
     def generate_reply(
         self,
