@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from voice_agent.core.errors import ModelLoadError
+from voice_agent.core.errors import ModelLoadError, VoiceAgentError
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +126,12 @@ def gib(n: int | float | None) -> str:
 def explain_error(exc: BaseException) -> str:
     """A one-line reason in plain words for a loading failure.
 
-    An error that carries its own plain `reason` (a string attribute) gives that.
+    One of our own errors that carries a plain `reason` (a string attribute) gives that.
     """
     from voice_agent.core.hub import ModelNotFoundError
 
     own = getattr(exc, "reason", None)
-    if isinstance(own, str) and own:
+    if isinstance(exc, VoiceAgentError) and isinstance(own, str) and own:
         return own
 
     if isinstance(exc, ModelNotFoundError):

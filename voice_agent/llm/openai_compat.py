@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -411,16 +411,14 @@ def fit_by_estimate(
         PromptTooLongError: the latest turn alone does not fit.
     """
     budget = context_length - max_new_tokens
-
-    tokens = estimate_tokens
-    if tokens(messages) <= budget:
+    if estimate_tokens(messages) <= budget:
         return messages, 0
     starts = _turn_starts(messages)
     for k in range(1, len(starts)):
         kept = _drop_turns(messages, starts, k)
-        if tokens(kept) <= budget:
+        if estimate_tokens(kept) <= budget:
             return kept, len(messages) - len(kept)
-    alone = tokens(_drop_turns(messages, starts, len(starts) - 1))
+    alone = estimate_tokens(_drop_turns(messages, starts, len(starts) - 1))
     raise PromptTooLongError(
         f"The message needs about {alone} tokens and the reply up to {max_new_tokens} more, "
         f"but the LLM server's context holds {context_length} tokens, even after dropping the "
@@ -449,7 +447,7 @@ class OpenAICompatLLM:
         settings: Settings | None = None,
         *,
         system_prompt: str | None = None,
-        progress: Any = None,
+        progress: Callable[[float, str], None] | None = None,
     ) -> None:
         from voice_agent.llm.engine import DEFAULT_SYSTEM_PROMPT
 
