@@ -41,7 +41,7 @@ def test_settings_are_frozen() -> None:
         ("MODEL_SERVER_PORT", "abc", "0 to 65535"),
         ("MODEL_SERVER_PORT", "70000", "0 to 65535"),
         ("WHISPER_DEVICE", "gpu7", "auto, cpu, cuda"),
-        ("TTS_BACKEND", "espeak", "auto, dia2, dia, vits"),
+        ("TTS_BACKEND", "espeak", "auto, dia2, dia, piper, vits"),
         ("MODEL_SERVER_PREFER_4BIT", "maybe", "1/true/yes/on"),
         ("MAX_UPLOAD_MB", "-1", "to"),
         ("MODEL_LOADING", "sometimes", "eager, lazy"),
@@ -122,7 +122,7 @@ def test_machine_dependent_defaults() -> None:
     cpu, gpu = configured_models(s, False), configured_models(s, True)
     assert cpu["llm"] == "Qwen/Qwen2.5-1.5B-Instruct" and gpu["llm"] == "Qwen/Qwen2.5-7B-Instruct"
     assert (
-        cpu["tts_backend"] == "vits"
+        cpu["tts_backend"] == "piper"
         and gpu["tts_backend"] == "dia2"
         and gpu["mimi"] == "kyutai/mimi"
     )

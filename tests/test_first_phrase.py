@@ -16,8 +16,8 @@ class TokenLLM(FakeLLM):
     """Streams a reply as a tokenizer would: words with their space, punctuation and digits
     apart ("10:30pm." -> " 10", ":", "30", "pm", ".")."""
 
-    def pieces(self) -> list[str]:
-        return re.findall(r"\s?[A-Za-z']+|\s?\d+|[^\w\s]", self.reply)
+    def pieces(self, text: str | None = None) -> list[str]:
+        return re.findall(r"\s?[A-Za-z']+|\s?\d+|[^\w\s]", self.reply if text is None else text)
 
 
 class PhrasingTTS(FakeTTS):
