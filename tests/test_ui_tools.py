@@ -52,7 +52,7 @@ def test_a_tool_call_shows_folded_in_the_chat_before_the_answer():
     assert tool["metadata"]["status"] == "done"  # folded by default
     assert tool["metadata"]["duration"] >= 0
     assert '"expression": "24*37"' in tool["content"] and '"result": 888' in tool["content"]
-    assert "built-in" in tool["content"]
+    assert "built-in · " in tool["content"] and tool["content"].rstrip().endswith(" s*")
     assert answer["content"].startswith("It is 888.")
     assert any(status.startswith("Using calculate") for *_, status, _ in steps)
     transcript = handlers.conversation.transcript(ui).read_text()

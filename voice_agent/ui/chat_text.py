@@ -73,7 +73,8 @@ def tool_message(record: Any) -> dict[str, Any]:
         label = "Result" if status == "done" else "Error"
         parts.append(f"**{label}**\n\n{code_block(outcome, language)}")
     source = getattr(record, "source", "") or "unknown source"
-    parts.append(f"*{safe_markdown(source)}*")
+    took = "" if status == "running" else f" · {float(getattr(record, 'seconds', 0.0)):.2f} s"
+    parts.append(f"*{safe_markdown(source)}{took}*")
     word = STATUS_WORDS.get(status, status)
     title = f"Tool: {safe_markdown(getattr(record, 'name', '') or 'call')}"
     metadata: dict[str, Any] = {
