@@ -19,6 +19,14 @@ never retried (its first words may already be spoken). Cancelling, or closing
 the reply's iterator, ends the iteration at once and hangs up the connection,
 which is how a serving engine learns to stop generating.
 
+Tools go to the server as OpenAI's `tools` and `tool_choice`, and the calls
+it sends back (`tool_calls` deltas joined across chunks, or a whole
+`message.tool_calls`) become `Reply.tool_calls`, like the embedded engine's
+(`llm/openai_wire.py`). A server that refuses tools (vLLM without
+`--enable-auto-tool-choice`, llama.cpp without `--jinja`, an Ollama model
+without tool support) is asked again without them, and from then on the engine
+declares no `tools` capability, so turns answer without tools instead of failing.
+
 History is trimmed to the server's context (`max_model_len` in /v1/models when
 it says, else `DEFAULT_CONTEXT`) by an estimate of `CHARS_PER_TOKEN`, since the
 server's tokenizer is not here.
@@ -41,14 +49,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import httpx
 
 from voice_agent.core.cancel import is_cancelled
 from voice_agent.core.config import Settings, get_settings
-from voice_agent.core.errors import BusyError, InputError
+from voice_agent.core.errors import BusyError
 from voice_agent.core.loading import LoadReport, Strategy, explain_error, run_chain
 from voice_agent.llm.base import (
     ChatMessage,
@@ -59,12 +67,14 @@ from voice_agent.llm.base import (
     ToolSpec,
 )
 from voice_agent.llm.errors import GenerationError, PromptTooLongError
+from voice_agent.llm.openai_wire import ToolCallParts, wire_messages, wire_tool_choice
 from voice_agent.llm.prompt import (
     _drop_turns,
     _turn_starts,
     check_generation_settings,
     normalize_messages,
 )
+from voice_agent.llm.tool_calls import check_tools
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +103,16 @@ class ServerError(GenerationError):
         reason: the load report's plain reason ("the server cannot be reached", ...).
         retry: whether trying again may help (an unreachable server may come up; a
             wrong key or model name will not fix itself).
+        status: the HTTP status the server answered with, when it answered.
     """
 
-    def __init__(self, message: str, reason: str, *, retry: bool = False) -> None:
+    def __init__(
+        self, message: str, reason: str, *, retry: bool = False, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry = retry
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -241,6 +255,7 @@ class _Server:
         return ServerError(
             f"The LLM server at {where} {kind} (HTTP {status}: {message}).",
             f"the server answered HTTP {status}",
+            status=status,
         )
 
     # --- requests -------------------------------------------------------------------------
@@ -390,19 +405,25 @@ def choose_served_model(
 
 
 def estimate_tokens(messages: Sequence[ChatMessage]) -> int:
-    """The prompt tokens of `messages`, estimated from their length."""
-    return math.ceil(
-        sum(len(m["content"]) / CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in messages)
+    """The prompt tokens of `messages` (with the calls they carry), estimated from their length."""
+    chars = sum(
+        len(m["content"]) + (len(json.dumps(m["tool_calls"])) if m.get("tool_calls") else 0)
+        for m in messages
     )
+    return math.ceil(chars / CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(messages))
 
 
 def fit_by_estimate(
-    messages: list[ChatMessage], max_new_tokens: int, context_length: int
+    messages: list[ChatMessage],
+    max_new_tokens: int,
+    context_length: int,
+    reserved_tokens: int = 0,
 ) -> tuple[list[ChatMessage], int]:
     """Drop the oldest turns until the estimated prompt plus `max_new_tokens` fits.
 
     Same rules as the embedded engine's `fit_to_context` (never a system message,
     never the latest turn), counting `CHARS_PER_TOKEN` instead of the tokenizer.
+    `reserved_tokens` is prompt the messages do not hold (the tools' schemas).
 
     Returns:
         (the messages kept, how many were dropped).
@@ -410,7 +431,7 @@ def fit_by_estimate(
     Raises:
         PromptTooLongError: the latest turn alone does not fit.
     """
-    budget = context_length - max_new_tokens
+    budget = context_length - max_new_tokens - reserved_tokens
     if estimate_tokens(messages) <= budget:
         return messages, 0
     starts = _turn_starts(messages)
@@ -464,8 +485,10 @@ class OpenAICompatLLM:
         self.context_length = DEFAULT_CONTEXT
         # The server batches: this many replies stream at once (the LLM gate's slots).
         self.capabilities = LLMCapabilities(
-            streaming=True, cancel=True, concurrency=self.settings.llm_concurrency
+            streaming=True, cancel=True, tools=True, concurrency=self.settings.llm_concurrency
         )
+        # Why the server would not take tools, once it did not (replies then go without).
+        self.tools_refused: str | None = None
         self.probed: ServerProbe | None = None
         self.last_error: str | None = None
         self.last_ok_at: float | None = None
@@ -552,6 +575,7 @@ class OpenAICompatLLM:
             else round(probed.round_trip_s * 1000, 1),
             "last_ok_at": self.last_ok_at,
             "last_error": self.last_error,
+            "tools_refused": self.tools_refused,
         }
 
     def describe(self) -> dict[str, object]:
@@ -595,9 +619,11 @@ class OpenAICompatLLM:
     ) -> ReplyStream:
         """Stream the server's reply to `messages`, piece by piece.
 
-        Tools are not passed to the server yet: the engine declares no `tools`
-        capability, so the agent's turns answer without them, and a caller that
-        passes some gets an `InputError` rather than a reply that ignored them.
+        `tools` and `tool_choice` go to the server in OpenAI's shape (checked first,
+        like the embedded engine's; `"none"` sends no tools); the calls it makes end
+        the reply with `finish_reason` "tool_calls" and `Reply.tool_calls`, and the
+        pieces carry only what the model says. Assistant messages with `tool_calls`
+        and `tool` results in `messages` are sent as OpenAI's API takes them.
 
         Bad input raises here (the same `InputError`s as the embedded engine); the
         request starts on a worker at once. Server trouble is raised from the
@@ -605,23 +631,27 @@ class OpenAICompatLLM:
         `BusyError` (still busy after the retries). Cancelling, or closing the
         iterator, hangs up; the reply then ends "cancelled" with the words so far.
         """
-        if tools:
-            raise InputError("the serving-engine LLM backend does not pass tools to the server yet")
         start = time.perf_counter()
         gen = settings or GenerationSettings()
         check_generation_settings(gen, self.context_length)
+        specs = check_tools(tools, tool_choice)
+        if tool_choice == "none" or self.tools_refused is not None:
+            specs = []
         has_system = isinstance(messages, list) and any(
             isinstance(m, Mapping) and m.get("role") == "system" for m in messages
         )
         if system_prompt is None and not has_system:
             system_prompt = self.system_prompt
         checked = normalize_messages(messages, system_prompt, self.settings.max_text_chars)
-        kept, dropped = fit_by_estimate(checked, gen.max_new_tokens, self.context_length)
+        tools_tokens = math.ceil(len(json.dumps(specs)) / CHARS_PER_TOKEN) if specs else 0
+        kept, dropped = fit_by_estimate(
+            checked, gen.max_new_tokens, self.context_length, tools_tokens
+        )
         if dropped:
             log.info("dropped %d old messages to fit the server's context", dropped)
         body: dict[str, Any] = {
             "model": self.model_id,
-            "messages": kept,
+            "messages": wire_messages(kept),
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": gen.max_new_tokens,
@@ -632,6 +662,10 @@ class OpenAICompatLLM:
             body["stop"] = list(gen.stop)
         if gen.seed is not None:
             body["seed"] = gen.seed
+        if specs:
+            body["tools"] = specs
+            if tool_choice != "auto":  # the default with tools; a server that lacks it is spared
+                body["tool_choice"] = wire_tool_choice(tool_choice)
         call = _Call(self, body, cancel)
         stream = ReplyStream(iter(()))
         stream.pieces = self._pieces(stream, call, gen, dropped, kept, start)
@@ -679,8 +713,12 @@ class OpenAICompatLLM:
         if end is not None and end.error is None:
             self.last_error, self.last_ok_at = None, time.time()
         usage = end.usage if end is not None else {}
+        # A reply cancelled mid-call keeps no call (it was never finished).
+        calls = end.calls.calls() if end is not None and end.error is None else []
         if end is None or end.error is not None:
             reason = "cancelled"
+        elif calls:
+            reason = "tool_calls"
         elif end.finish == "length":
             reason = "length"
         else:
@@ -694,7 +732,20 @@ class OpenAICompatLLM:
             seconds=time.perf_counter() - start,
             first_token_seconds=first,
             trimmed_messages=dropped,
+            tool_calls=calls,
         )
+
+    def refuse_tools(self, why: str) -> None:
+        """The server would not take tools: from now on replies go without them.
+
+        The engine then declares no `tools` capability, so the agent stops offering them.
+        """
+        if self.tools_refused is not None:
+            return
+        self.tools_refused = why
+        self.capabilities = replace(self.capabilities, tools=False)
+        self.report.notes.append(f"the server refused tools, so replies go without them: {why}")
+        log.warning("the LLM server refused tools; replying without them: %s", why)
 
 
 @dataclass
@@ -704,6 +755,7 @@ class _End:
     finish: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
+    calls: ToolCallParts = field(default_factory=ToolCallParts)
 
 
 class _Call:
@@ -748,27 +800,46 @@ class _Call:
     def _stop(self) -> bool:
         return self.stopped.is_set() or is_cancelled(self.cancel)
 
+    def _post(self) -> httpx.Response:
+        return self.llm.server.send(
+            "POST",
+            "chat/completions",
+            body=self.body,
+            stream=True,
+            cancel=self.stopped,
+            model=self.body["model"],
+        )
+
+    def _send(self) -> httpx.Response:
+        """The streamed response; asked again without tools when the server refuses them."""
+        try:
+            return self._post()
+        except ServerError as exc:
+            if "tools" not in self.body or not refuses_tools(exc) or self._stop():
+                raise
+            refused = str(exc)
+        self.body = {k: v for k, v in self.body.items() if k not in ("tools", "tool_choice")}
+        response = self._post()
+        self.llm.refuse_tools(refused)  # taken without them: it was the tools it refused
+        return response
+
     def _read(self) -> None:
         end = _End()
         try:
-            response = self.llm.server.send(
-                "POST",
-                "chat/completions",
-                body=self.body,
-                stream=True,
-                cancel=self.stopped,
-                model=self.body["model"],
-            )
+            response = self._send()
             with self._lock:
                 self._response = response
             try:
                 if self._stop():
                     return
-                for line in response.iter_lines():
-                    if self._stop():
-                        return
-                    if self._line(line, end):
-                        break
+                if _is_json(response):  # a server that answers `"stream": true` with one body
+                    self._whole(response, end)
+                else:
+                    for line in response.iter_lines():
+                        if self._stop():
+                            return
+                        if self._line(line, end):
+                            break
             finally:
                 response.close()  # unread: the connection closes, and the server stops
             if end.finish is None and not self._stop():
@@ -807,12 +878,44 @@ class _Call:
         if isinstance(event.get("usage"), dict):
             end.usage = event["usage"]
         for choice in event.get("choices") or []:
-            delta = (choice.get("delta") or {}).get("content")
-            if isinstance(delta, str) and delta:
-                self.out.put(delta)
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                self.out.put(delta["content"])
+            end.calls.add(delta.get("tool_calls"))
             if choice.get("finish_reason"):
                 end.finish = str(choice["finish_reason"])
         return False
+
+    def _whole(self, response: httpx.Response, end: _End) -> None:
+        """A whole (non-streamed) chat completion: its text as one piece, its calls, its end."""
+        try:
+            completion = json.loads(response.read())
+            choice = completion["choices"][0]
+            message = choice.get("message") or {}
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise ServerError(
+                f"The LLM server at {self.llm.base_url} did not answer with a chat completion.",
+                "the server's answer could not be read",
+            ) from None
+        if isinstance(message.get("content"), str) and message["content"]:
+            self.out.put(message["content"])
+        end.calls.add(message.get("tool_calls"))
+        if isinstance(completion.get("usage"), dict):
+            end.usage = completion["usage"]
+        end.finish = str(choice.get("finish_reason") or "stop")
+
+
+def refuses_tools(error: ServerError) -> bool:
+    """Whether a refused request was refused for its tools (the server's words say so).
+
+    vLLM without `--enable-auto-tool-choice`, llama.cpp without `--jinja` and Ollama
+    for a model without tool support answer 400 naming the tools.
+    """
+    return error.status in (400, 422) and "tool" in str(error).lower()
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").split(";")[0].strip() == "application/json"
 
 
 def _error_message(response: httpx.Response) -> str:

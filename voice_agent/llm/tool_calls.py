@@ -180,7 +180,11 @@ class ParsedReply:
     calls: list[ToolCall] = field(default_factory=list)
 
 
-def _arguments(value: Any) -> tuple[dict[str, Any], str | None]:
+def read_arguments(value: Any) -> tuple[dict[str, Any], str | None]:
+    """A call's arguments as an object, and why they cannot be used (None when they can).
+
+    Accepts the object itself or a JSON string of one (empty means no arguments).
+    """
     if value is None:
         return {}, None
     if isinstance(value, str):  # some models write the arguments as a JSON string
@@ -204,7 +208,7 @@ def _call_from(obj: Any) -> ToolCall | None:
     name = obj["name"]
     if not isinstance(name, str) or not name.strip():
         return ToolCall(new_call_id(), "", error="the call names no function")
-    arguments, problem = _arguments(obj.get("arguments", obj.get("parameters")))
+    arguments, problem = read_arguments(obj.get("arguments", obj.get("parameters")))
     return ToolCall(new_call_id(), name.strip(), arguments, problem)
 
 
