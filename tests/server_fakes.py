@@ -279,6 +279,12 @@ class FakeModels:
     def ready(self) -> bool:
         return all(s == "ready" for s in self.status.values())
 
+    def recover(self, component: str) -> bool:
+        return self.status.get(component) == "ready"
+
+    def recover_failed(self) -> list[str]:
+        return []
+
     def wait(self, timeout: float | None = None) -> bool:
         return self.ready()
 

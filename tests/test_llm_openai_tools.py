@@ -1,4 +1,4 @@
-"""LLM_BACKEND=openai with tools.
+"""LLM_BACKEND=openai with tools, and an LLM server that comes up after the app.
 
 The serving engine is our own REST app (its `/v1/chat/completions` takes `tools` and
 answers `tool_calls`) on a fake LLM whose output is scripted as the model writes it
@@ -10,20 +10,25 @@ fragments, a whole `message.tool_calls`, tools refused), recording what it recei
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tests.fakes import FakeLLM, FakeTTS, fake_models
+from tests.fakes import REPLY, FakeLLM, FakeTTS, fake_models
 from tests.test_agent_tools import qwen_call, tool_events
 from voice_agent.core.config import Settings, load_settings
+from voice_agent.core.errors import ModelLoadError, ModelUnavailableError
 from voice_agent.llm.openai_compat import OpenAICompatLLM
 from voice_agent.pipeline.agent import Agent
 from voice_agent.pipeline.models import LoadedModels
 from voice_agent.server.app import create_app
-from voice_agent.testing.server import LiveServer
+from voice_agent.testing.server import LiveServer, free_port
 from voice_agent.tools import Toolbox
 from voice_agent.tools.toolbox import builtin_tools
 
@@ -302,3 +307,86 @@ def test_a_server_that_refuses_tools_is_asked_again_without_them() -> None:
         reply = llm.generate_reply("What time is it?", tools=[CLOCK])
         llm.close()
     assert reply.text == "It is noon." and not reply.tool_calls and llm.capabilities.tools
+
+
+# --- a server that comes up after the app -----------------------------------------------------
+
+
+def test_an_llm_server_that_comes_up_after_the_app_is_found_on_use() -> None:
+    """Guards recovery: the LLM server is down when the app loads (the LLM fails, degraded);
+    once it is up, the next request finds it (at most every `recover_every_s`) and the LLM
+    becomes ready: REST answers, /health and the load report say so, and a turn replies."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    models = LoadedModels(
+        openai_settings(url, LLM_MAX_RETRIES="0"),
+        loaders={"stt": not_here, "tts": not_here},
+        warmup=False,
+    )
+    models.recover_every_s = 0.3
+    models.load_all()
+    assert models.status["llm"] == "failed" and "cannot be reached" in models.errors["llm"]
+    agent = Agent(models)
+    with LiveServer(create_app(models)) as front, httpx.Client(base_url=front.url) as http:
+        health = http.get("/health", timeout=60).json()["models"]["llm"]
+        assert health["status"] == "failed" and "cannot be reached" in health["error"]
+        event = list(agent.run_turn(agent.new_session(), text="Hello"))[-1]
+        assert event.kind == "error" and event.code == "llm_unavailable"
+        with LiveServer(create_app(fake_models(llm=FakeLLM())), port=port):
+            time.sleep(models.recover_every_s)  # the next check is due
+            answer = http.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"] == REPLY
+            assert models.status["llm"] == "ready" and "llm" not in models.errors
+            chosen = models.reports["llm"].chosen
+            assert chosen is not None and chosen.strategy == "openai"
+            health = http.get("/health", timeout=60).json()["models"]["llm"]
+            assert health["status"] == "ready" and "error" not in health
+            assert health["server"]["reachable"] and health["model_id"] == "fake-llm"
+            event = list(agent.run_turn(agent.new_session(), text="Hello"))[-1]
+            assert event.kind == "done" and event.text == REPLY
+            models.llm.close()  # type: ignore[union-attr]
+
+
+def test_a_failure_that_may_fix_itself_is_checked_at_most_every_interval() -> None:
+    """Guards the recovery's cost: while the server stays down, uses in quick succession do
+    not each probe it (one check per `recover_every_s`), a failure that cannot fix itself is
+    never checked, and once the check passes `require` loads the engine and returns it."""
+    checks: list[float] = []
+    server_up = threading.Event()
+    loads: list[float] = []
+
+    def server_answers() -> bool:
+        checks.append(time.monotonic())
+        return server_up.is_set()
+
+    def load_llm(settings: Settings, progress: Any) -> Any:
+        loads.append(time.monotonic())
+        if not server_up.is_set():
+            raise ModelLoadError("Cannot reach the LLM server", recheck=server_answers)
+        return FakeLLM()
+
+    models = LoadedModels(
+        load_settings({}), loaders={"llm": load_llm, "stt": not_here, "tts": not_here}, warmup=False
+    )
+    models.recover_every_s = 0.5
+    models.load_all()
+    for _ in range(5):
+        with pytest.raises(ModelUnavailableError, match="Cannot reach"):
+            models.require("llm")
+    assert checks == [] and len(loads) == 1  # not due yet
+    time.sleep(0.5)
+    for _ in range(5):
+        with pytest.raises(ModelUnavailableError, match="Cannot reach"):
+            models.require("llm")
+    assert len(checks) == 1 and len(loads) == 1  # checked once, still down: nothing loaded
+    server_up.set()
+    time.sleep(0.5)
+    engine = models.require("llm")
+    assert engine.model_id == "fake-llm" and models.status["llm"] == "ready"
+    assert len(checks) == 2 and len(loads) == 2
+    assert models.recover("stt") is False and models.status["stt"] == "failed"

@@ -8,6 +8,8 @@ person who sent the input; they never contain a stack trace.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class VoiceAgentError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -40,8 +42,21 @@ class ModelUnavailableError(VoiceAgentError):
 
 
 class ModelLoadError(VoiceAgentError):
-    """Every loading strategy for a model failed; carries the attempts."""
+    """Every loading strategy for a model failed; carries the attempts.
 
-    def __init__(self, message: str, report: object | None = None) -> None:
+    Attributes:
+        report: the `LoadReport` with every attempt.
+        recheck: set when the failure may fix itself (a server not up yet): a quick
+            check, loading nothing, that says whether loading again may now succeed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        report: object | None = None,
+        *,
+        recheck: Callable[[], bool] | None = None,
+    ) -> None:
         super().__init__(message)
         self.report = report
+        self.recheck = recheck

@@ -56,7 +56,7 @@ import httpx
 
 from voice_agent.core.cancel import is_cancelled
 from voice_agent.core.config import Settings, get_settings
-from voice_agent.core.errors import BusyError
+from voice_agent.core.errors import BusyError, ModelLoadError
 from voice_agent.core.loading import LoadReport, Strategy, explain_error, run_chain
 from voice_agent.llm.base import (
     ChatMessage,
@@ -523,6 +523,12 @@ class OpenAICompatLLM:
 
         try:
             chosen = run_chain(self.report, [step(n) for n in range(tries)])
+        except ModelLoadError as exc:
+            self.server.close()
+            if not stopped:  # only unreachable or busy: it may come up, so say how to tell
+                settings = self.settings
+                exc.recheck = lambda: probe(settings).reachable
+            raise
         except BaseException:
             self.server.close()
             raise

@@ -10,7 +10,11 @@ thread so the UI can show progress meanwhile.
 A model that fails to load does not stop the others: its `LoadReport` and a
 plain reason are recorded, `require()` raises `ModelUnavailableError` with that
 reason, and the agent runs degraded (text only without TTS, typed input only
-without STT, no reply without the LLM).
+without STT, no reply without the LLM). A failure that may fix itself (the LLM
+server of `LLM_BACKEND=openai` not up yet) is looked at again when the
+component is next needed (a turn, a request, /health, Diagnostics), at most
+every `RECOVER_EVERY_S`: one quick check, and once it passes the component
+loads again and is ready.
 
 The LLM is loaded here (`OpenSourceLLM`), or with `LLM_BACKEND=openai` it is
 a client of a serving engine at `LLM_BASE_URL` (`OpenAICompatLLM`); with
@@ -52,6 +56,9 @@ StepProgress = Callable[[float, str], None]  # (fraction of this component, mess
 Component = Literal["llm", "stt", "tts"]
 # Returns the engine (an `LLMEngine`, `STTEngine` or `TTSEngine`, by component).
 Loader = Callable[[Settings, StepProgress], Any]
+# A failed component whose failure may fix itself is checked again at most this often
+# (one quick request to a server that is down costs next to nothing).
+RECOVER_EVERY_S = 2.0
 
 
 def _load_llm(settings: Settings, progress: StepProgress) -> Any:
@@ -186,6 +193,10 @@ class LoadedModels:
         self._callbacks: list[Progress] = [progress] if progress else []
         self._warmup = warmup
         self._locks = {c: threading.Lock() for c in COMPONENTS}
+        # Failures that may fix itself: the quick check, and when it may run next.
+        self._rechecks: dict[str, Callable[[], bool]] = {}
+        self._recheck_at: dict[str, float] = {}
+        self.recover_every_s = RECOVER_EVERY_S
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -231,6 +242,8 @@ class LoadedModels:
         if status == "pending":
             self.load(component)
             status = self.status[component]
+        elif status == "failed" and self.recover(component):
+            status = self.status[component]
         if status == "ready":
             return cast("LLMEngine | STTEngine | TTSEngine", getattr(self, component))
         label = component_name(component)
@@ -260,6 +273,45 @@ class LoadedModels:
         return out
 
     # --- loading ------------------------------------------------------------------------
+
+    def recover(self, component: str) -> bool:
+        """Load a failed component again if its failure has fixed itself; True when it is ready.
+
+        Only a failure that says how to tell (`ModelLoadError.recheck`: an LLM server
+        that could not be reached) is looked at, at most every `recover_every_s`; a
+        check already running is not waited for. When the check passes the component
+        loads again, and its status, error and load report follow.
+        """
+        _check_component(component)
+        recheck = self._rechecks.get(component)
+        if self.status[component] != "failed" or recheck is None:
+            return self.status[component] == "ready"
+        lock = self._locks[component]
+        if not lock.acquire(blocking=False):  # loading, or another caller is checking
+            return False
+        try:
+            now = time.monotonic()
+            if self.status[component] != "failed" or now < self._recheck_at.get(component, 0.0):
+                return self.status[component] == "ready"
+            self._recheck_at[component] = now + self.recover_every_s
+            try:
+                back = recheck()
+            except Exception:  # a broken check means "not yet", never a broken turn
+                log.debug("%s: the recovery check failed", component, exc_info=True)
+                back = False
+            if not back:
+                return False
+            log.info("%s: what failed at load now answers; loading again", component)
+            del self._rechecks[component]
+            self.status[component] = "pending"
+        finally:
+            lock.release()
+        self.load(component)
+        return self.status[component] == "ready"
+
+    def recover_failed(self) -> list[str]:
+        """`recover` every failed component; returns those ready now."""
+        return [c for c in COMPONENTS if self.status[c] == "failed" and self.recover(c)]
 
     def add_progress_callback(self, callback: Progress) -> None:
         self._callbacks.append(callback)
@@ -299,6 +351,10 @@ class LoadedModels:
                 self.reports[component] = report
                 self.errors[component] = _plain_reason(exc, report)
                 self.seconds[component] = time.perf_counter() - t0
+                recheck = getattr(exc, "recheck", None)
+                if callable(recheck):
+                    self._rechecks[component] = recheck
+                    self._recheck_at[component] = time.monotonic() + self.recover_every_s
                 self.status[component] = "failed"
                 log.error("%s failed to load: %s", component, self.errors[component])
                 self._report_progress(component, 1.0, f"failed: {self.errors[component]}")
@@ -324,6 +380,7 @@ class LoadedModels:
                 self.gates[component].set_slots(concurrency)
             setattr(self, component, engine)
             self.seconds[component] = time.perf_counter() - t0
+            self.errors.pop(component, None)
             self.status[component] = "ready"
             self._report_progress(
                 component, 1.0, f"ready in {self.seconds[component]:.1f} s ({_describe(engine)})"

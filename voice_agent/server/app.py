@@ -309,6 +309,8 @@ def health_payload(state: ServerState) -> tuple[int, dict[str, Any]]:
 
     models = state.models
     settings = state.settings
+    if models.recover_failed():  # a server that came up late: the cached snapshot is stale
+        state.snapshot_cache = (0.0, None)
     status = {c: models.status.get(c, "pending") for c in COMPONENTS}
     failed = [c for c, s in status.items() if s == "failed"]
     waiting = [
@@ -335,6 +337,7 @@ def health_payload(state: ServerState) -> tuple[int, dict[str, Any]]:
         entry = {**snap.get("models", {}).get(component, {}), "status": status[component]}
         report = models.reports.get(component)
         entry["report"] = report.as_dict() if report is not None else None
+        entry.pop("error", None)
         if models.errors.get(component):
             entry["error"] = models.errors[component]
         progress = getattr(models, "progress", {}).get(component)

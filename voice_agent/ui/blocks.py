@@ -106,6 +106,10 @@ def build_ui(
         if snapshot is not None:
             return snapshot()
         from voice_agent.core.diagnostics import snapshot as full_snapshot
+        from voice_agent.pipeline.models import LoadedModels
+
+        if isinstance(models, LoadedModels):
+            models.recover_failed()  # a server that came up late shows as ready
 
         return full_snapshot(models, conversation.agent)
 
