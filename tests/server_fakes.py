@@ -279,8 +279,8 @@ class FakeModels:
     def ready(self) -> bool:
         return all(s == "ready" for s in self.status.values())
 
-    def recover(self, component: str) -> bool:
-        return self.status.get(component) == "ready"
+    def recoverable(self, component: str) -> bool:
+        return False
 
     def recover_failed(self) -> list[str]:
         return []

@@ -332,13 +332,13 @@ def test_an_llm_server_that_comes_up_after_the_app_is_found_on_use() -> None:
         assert health["status"] == "failed" and "cannot be reached" in health["error"]
         event = list(agent.run_turn(agent.new_session(), text="Hello"))[-1]
         assert event.kind == "error" and event.code == "llm_unavailable"
+        time.sleep(models.recover_every_s)  # a check is due, and finds the server still down
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64}
+        refused = http.post("/v1/chat/completions", json=chat, timeout=60)
+        assert refused.status_code == 503 and "cannot be reached" in refused.text
         with LiveServer(create_app(fake_models(llm=FakeLLM())), port=port):
             time.sleep(models.recover_every_s)  # the next check is due
-            answer = http.post(
-                "/v1/chat/completions",
-                json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64},
-                timeout=60,
-            )
+            answer = http.post("/v1/chat/completions", json=chat, timeout=60)
             assert answer.status_code == 200, answer.text
             assert answer.json()["choices"][0]["message"]["content"] == REPLY
             assert models.status["llm"] == "ready" and "llm" not in models.errors

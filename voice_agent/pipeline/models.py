@@ -309,6 +309,11 @@ class LoadedModels:
         self.load(component)
         return self.status[component] == "ready"
 
+    def recoverable(self, component: str) -> bool:
+        """Whether `component` failed in a way that may fix itself (`recover` may load it)."""
+        _check_component(component)
+        return self.status[component] == "failed" and component in self._rechecks
+
     def recover_failed(self) -> list[str]:
         """`recover` every failed component; returns those ready now."""
         return [c for c in COMPONENTS if self.status[c] == "failed" and self.recover(c)]

@@ -219,13 +219,13 @@ def server_state(request: Request) -> ServerState:
 def check_available(state: ServerState, component: str) -> None:
     """Refuse at once (503) when a model has failed or is still loading at launch.
 
-    With lazy loading a pending model is loaded on first use, inside the gate. A
-    failed one whose failure may have fixed itself is checked first (`recover`).
+    With lazy loading a pending model is loaded on first use, inside the gate; so is
+    a failed one whose failure may have fixed itself (`LoadedModels.recover`).
     """
     models = state.models
     status = models.status.get(component, "pending")
-    if status == "failed" and models.recover(component):  # a server that came up late
-        status = models.status.get(component, "pending")
+    if status == "failed" and models.recoverable(component):
+        return  # `require`, on the worker, checks whether it has come back (not on the loop)
     if status == "ready" or (status == "pending" and state.settings.model_loading == "lazy"):
         return
     if status == "failed":
