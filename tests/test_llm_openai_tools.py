@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tests.fakes import REPLY, FakeLLM, FakeTTS, fake_models
+from tests.fakes import REPLY, FakeLLM, FakeSTT, FakeTTS, fake_models
 from tests.test_agent_tools import qwen_call, tool_events
 from voice_agent.core.config import Settings, load_settings
 from voice_agent.core.errors import ModelLoadError, ModelUnavailableError
@@ -349,6 +349,35 @@ def test_an_llm_server_that_comes_up_after_the_app_is_found_on_use() -> None:
             assert health["server"]["reachable"] and health["model_id"] == "fake-llm"
             event = list(agent.run_turn(agent.new_session(), text="Hello"))[-1]
             assert event.kind == "done" and event.text == REPLY
+            models.llm.close()  # type: ignore[union-attr]
+
+
+def test_the_page_finds_a_late_llm_server_by_itself() -> None:
+    """Guards the Conversation tab's banner: with the LLM server down it says the language
+    model is unavailable and keeps polling (the degraded banner used to stay until a
+    reload); once the server is up, the next poll finds it and the banner clears."""
+    from voice_agent.ui.conversation import Conversation
+    from voice_agent.ui.handlers import Handlers
+
+    port = free_port()
+    models = LoadedModels(
+        openai_settings(f"http://127.0.0.1:{port}", LLM_MAX_RETRIES="0"),
+        loaders={"stt": lambda settings, progress: FakeSTT(), "tts": lambda s, p: FakeTTS()},
+        warmup=False,
+    )
+    models.recover_every_s = 0.3
+    models.load_all()
+    agent = Agent(models)
+    handlers = Handlers(Conversation(lambda: agent), models, lambda: {})
+    banner, _, timer, _ = handlers.tick()
+    assert "Language model is unavailable" in banner.value and timer.active
+    with LiveServer(create_app(fake_models(llm=FakeLLM())), port=port):
+        time.sleep(models.recover_every_s)
+        banner, diagnostics_button, timer, _ = handlers.tick()
+        try:
+            assert models.status["llm"] == "ready"
+            assert not banner.visible and not diagnostics_button.visible and not timer.active
+        finally:
             models.llm.close()  # type: ignore[union-attr]
 
 

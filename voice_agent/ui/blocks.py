@@ -109,7 +109,7 @@ def build_ui(
         from voice_agent.pipeline.models import LoadedModels
 
         if isinstance(models, LoadedModels):
-            models.recover_failed()  # a server that came up late shows as ready
+            models.recover_failed()  # an LLM server that came up late shows as ready
 
         return full_snapshot(models, conversation.agent)
 

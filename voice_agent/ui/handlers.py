@@ -97,11 +97,23 @@ class Handlers:
 
     # --- loading banner -------------------------------------------------------------------
 
+    def _status(self) -> tuple[str, bool, bool]:
+        """(banner HTML, degraded, keep polling): the poll goes on while models load, and
+        while one that failed may come back (an LLM server not up yet), which it checks."""
+        from voice_agent.pipeline.models import COMPONENTS, LoadedModels
+
+        recoverable = False
+        if isinstance(self.models, LoadedModels):
+            self.models.recover_failed()  # at most one check per RECOVER_EVERY_S
+            recoverable = any(self.models.recoverable(c) for c in COMPONENTS)
+        html, degraded, loading = status_banner(self.models)
+        return html, degraded, loading or recoverable
+
     def on_load(self) -> tuple[Any, ...]:
         ui = self.conversation.new_session()
         session = ui.session
         generation = getattr(session, "generation", None)
-        html, degraded, loading = status_banner(self.models)
+        html, degraded, loading = self._status()
         return (
             ui,
             getattr(session, "system_prompt", None) or "",
@@ -114,7 +126,7 @@ class Handlers:
         )
 
     def tick(self) -> tuple[Any, ...]:
-        html, degraded, loading = status_banner(self.models)
+        html, degraded, loading = self._status()
         return (
             gr.HTML(value=html, visible=bool(html)),
             gr.Button(visible=degraded),
