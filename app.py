@@ -149,16 +149,19 @@ def build_app(models: Any, settings: Any, blocks: Any) -> ASGIApp:
 
     from voice_agent.server.access import AccessMiddleware, AccessRule
     from voice_agent.server.app import create_app
+    from voice_agent.ui import playback
     from voice_agent.ui import style as ui_style
-    from voice_agent.ui.blocks import ECHO_SAFE_MIC_HEAD
+    from voice_agent.ui.blocks import PAGE_HEAD
 
+    host = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    playback.add_route(host)  # the page's audio stream; before the mount at / takes the rest
     ui_app = gr.mount_gradio_app(
-        FastAPI(docs_url=None, redoc_url=None, openapi_url=None),
+        host,
         blocks,
         path="/",
         theme=ui_style.theme(),
         css=ui_style.CSS,
-        head=ECHO_SAFE_MIC_HEAD,
+        head=PAGE_HEAD,
         max_file_size=settings.max_upload_bytes,
         footer_links=["api", "settings"],
         run_history=False,

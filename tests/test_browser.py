@@ -164,10 +164,20 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             chat = page.locator("#chat")
             expect(chat).to_contain_text("Hello there, how are you?")
             expect(chat.locator(".turn-latency")).to_contain_text("first word")
-            audio = page.locator("#reply-audio audio")
-            expect(audio).to_have_count(1)
-            src = audio.first.get_attribute("src") or ""
-            assert src, "the reply audio element has a source"
+            # The voice played in the page as it was made (ui.playback: the tab's audio stream
+            # and Web Audio), and the player below keeps the whole reply to replay.
+            page.wait_for_function(
+                "window.vaPlayer && window.vaPlayer.ready && window.vaPlayer.stats.chunks > 0"
+                " && window.vaPlayer.stats.firstAt !== null"
+            )
+            played = page.evaluate("JSON.parse(JSON.stringify(window.vaPlayer.stats))")
+            assert played["audioS"] > 0 and played["turn"] >= 1, played
+            audio = page.locator("#reply-audio audio[src]")
+            expect(audio.first).to_be_attached()
+            assert audio.first.get_attribute("src"), "the reply player has the whole reply"
+            assert page.evaluate(
+                "[...document.querySelectorAll('#reply-audio audio')].every(a => a.paused)"
+            ), "played once, by the page player, not a second time by the element"
             expect(page.locator("#turn-status")).to_contain_text("Ready")
             page.screenshot(path=ARTIFACTS / "02-conversation.png", full_page=True)
 

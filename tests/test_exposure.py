@@ -227,6 +227,7 @@ DOORS = [
     ("POST", "/gradio_api/stream/abc"),
     ("POST", "/gradio_api/reset"),
     ("GET", "/gradio_api/mcp/schema"),
+    ("GET", "/voice/audio/abc"),
     ("POST", "/gradio_api/mcp/"),
     ("GET", "/v1/models"),
     ("POST", "/generate"),

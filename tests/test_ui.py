@@ -109,8 +109,11 @@ def test_blocks_wire_every_control(app):
     kinds = {type(block).__name__ for block in demo.blocks.values()}
     assert {"Chatbot", "Audio", "Textbox", "DownloadButton", "BarPlot", "Dataframe"} <= kinds
     streaming = [b for b in demo.blocks.values() if isinstance(b, gr.Audio) and b.streaming]
-    assert any(b.autoplay for b in streaming), "the reply audio must stream and autoplay"
     assert any("microphone" in b.sources and b.sources == ["microphone"] for b in streaming)
+    # The voice plays through the page player (ui.playback), not Gradio's HLS stream; the
+    # player keeps the whole reply to replay, and autoplays only what the page did not play.
+    player = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "reply-audio"]
+    assert player and not player[0].streaming and not player[0].autoplay
 
 
 def test_on_load_gives_each_tab_its_own_session(app):
@@ -135,8 +138,12 @@ def test_text_turn_streams_reply_audio_and_latency(app):
     reply_text = chat[1]["content"]
     assert "Hello there." in reply_text
     assert "first word" in reply_text and "heard in" not in reply_text
-    audio = [s[1] for s in steps if isinstance(s[1], bytes)]
-    assert audio and all(a[:4] == b"RIFF" for a in audio)
+    # No page connected to this tab's audio stream: the whole reply, autoplayed, at the end.
+    players = [s[1] for s in steps if isinstance(s[1], gr.Audio)]
+    assert len(players) == 1 and players[0] is steps[-1][1]
+    assert players[0].constructor_args["autoplay"] is True
+    with wave.open(players[0].constructor_args["value"]) as w:
+        assert w.getnframes() > 0
     # the reply text streamed in before the turn finished
     assert any(p.startswith("Hello") and len(p) < len(reply_text) for p in seen)
     assert ui.session.history[-1]["role"] == "assistant"
@@ -540,18 +547,19 @@ def test_text_turn_on_tiny_checkpoints(tiny_env):
     steps = drain(handlers.send_text("Hello", ui, *controls(max_tokens=8)))
     final = steps[-1][0][-1]["content"]
     assert "first word" in final
-    assert any(isinstance(s[1], bytes) for s in steps), "the tiny VITS voice speaks"
+    assert isinstance(steps[-1][1], gr.Audio), "the tiny VITS voice speaks"
 
 
-def test_without_ffmpeg_the_whole_reply_plays_at_the_end():
-    """Gradio's streamed audio needs ffmpeg; without it a turn must still speak, not fail."""
+def test_without_the_page_player_the_whole_reply_plays_at_the_end():
+    """stream_audio=False: no audio channel; the turn still speaks, the whole reply at once."""
     agent = Agent(fake_models())
     demo = build_ui(lambda: agent, agent.models, pause_default=0.6, stream_audio=False)
     handlers = demo.voice_agent_handlers
     player = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "reply-audio"]
     assert player and not player[0].streaming and player[0].autoplay
     ui = handlers.on_load()[0]
+    assert ui.audio is None
     steps = drain(handlers.send_text("hi", ui, *controls()))
-    assert all(s[1] is None for s in steps[:-1])
-    with wave.open(steps[-1][1]) as w:
+    assert all(not isinstance(s[1], gr.Audio) for s in steps[:-1])
+    with wave.open(steps[-1][1].constructor_args["value"]) as w:
         assert w.getnframes() > 0 and w.getframerate() == 16_000

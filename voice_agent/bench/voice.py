@@ -2,8 +2,8 @@
 
 Starts the app (`app.py`'s own `main`) on the pipeline bench's real-shaped random
 models (a Qwen2.5-0.5B-shaped LLM scripted to say a fixed 3-sentence reply, a
-whisper-base.en-shaped Whisper, an mms-tts-eng-shaped VITS; any model named by the
-usual variables is used instead), and drives headless Chromium with a fake
+whisper-base.en-shaped Whisper, the CPU default voice: a Piper medium-shaped ONNX
+voice; any model named by the usual variables is used instead), and drives headless Chromium with a fake
 microphone playing `assets/hello.wav` (3.4 s):
 
 - **record**: Record, the clip, Stop; end of speech is the click on Stop.
@@ -13,12 +13,14 @@ microphone playing `assets/hello.wav` (3.4 s):
 
 A probe in the page (`PROBE_JS`) polls every `POLL_MS`: the turn status line
 (-> "Thinking" when the transcript is in, -> "Answering" at the first reply
-word) and every reply `<audio>` element's `currentTime`. First audio heard is
-the first poll at which a reply element's media clock advances; a stall is a
-stretch of wall time, after playback started, that the media clock did not
-cover (wall time between two advances minus the media time they played), so
-a gap between chunks or a chunk that arrives late counts, and silence inside
-the audio itself does not.
+word) and the page player's own record (`ui.playback`: when each chunk is
+heard, from the Web Audio clock). First audio heard is when the reply's first
+chunk comes out; a stall is a gap between two chunks (a chunk that arrived after
+the one before had played out), so silence inside the audio itself does not
+count. Against a page without that player (Gradio's own streamed `<audio>`) the
+probe polls the element's media clock instead: first audio heard is the first
+poll at which it advances, a stall wall time after playback started that the
+clock did not cover.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ MODEL_VARIABLES = {
 
 PROBE_JS = """
 (() => {
-  const va = window.__va = {active: false, micStart: null, first: null, stalls: [],
-                            status: {}, lastAdvance: null, played: 0};
+  const va = window.__va = {active: false, micStart: null, first: null, stalls: [], status: {},
+                            lastAdvance: null, endAt: null, played: 0, fromTurn: -1, via: null};
   const md = navigator.mediaDevices;
   if (md && md.getUserMedia) {
     const original = md.getUserMedia.bind(md);
@@ -63,7 +65,12 @@ PROBE_JS = """
   }
   const seen = new Map();
   va.reset = () => { va.active = true; va.first = null; va.stalls = []; va.status = {};
-                     va.lastAdvance = null; va.played = 0; va.micStart = null; };
+                     va.lastAdvance = null; va.endAt = null; va.played = 0; va.micStart = null;
+                     va.via = null;
+                     va.fromTurn = window.vaPlayer ? window.vaPlayer.stats.turn : -1; };
+  // Played out and quiet for `ms`: the page player knows when its audio ends; an <audio>
+  // element's clock must have stood still that long.
+  va.settled = (ms) => va.first !== null && performance.now() - (va.endAt ?? va.lastAdvance) > ms;
   setInterval(() => {
     if (!va.active) return;
     const now = performance.now();
@@ -72,10 +79,24 @@ PROBE_JS = """
       if (status.includes(key) && !(key in va.status)) va.status[key] = now;
     }
     if ('Thinking' in va.status && status.includes('Ready') && !('Ready' in va.status)) va.status.Ready = now;
+    // The page player (ui.playback) schedules each chunk itself: its times are exact.
+    const st = window.vaPlayer ? window.vaPlayer.stats : null;
+    if (st && st.turn > va.fromTurn && st.firstAt !== null && va.via !== 'audio') {
+      if (now >= st.firstAt) {
+        va.via = 'player';
+        va.first = st.firstAt;
+        va.stalls = st.gaps.filter((g) => g * 1000 > STALL_MIN_MS);
+        va.played = st.audioS;
+        va.endAt = st.endAt;
+      }
+      return;
+    }
+    // Otherwise (Gradio's own streamed <audio>, before ui.playback): poll its media clock.
     document.querySelectorAll('#reply-audio audio').forEach((a) => {
       const t = a.currentTime, prev = seen.get(a);
       seen.set(a, t);
       if (prev === undefined || a.paused || !(t > prev + 1e-4)) return;
+      va.via = 'audio';
       if (va.first === null) va.first = now;
       else if (va.lastAdvance !== null) {
         const gap = (now - va.lastAdvance) - (t - prev) * 1000;
@@ -157,8 +178,7 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
     # Wait for the voice to finish (the next turn must not hear this one): it played, and
     # its media clock has stood still for SETTLE_S.
     page.wait_for_function(
-        f"window.__va.first !== null && performance.now() - window.__va.lastAdvance > {SETTLE_S * 1000}",
-        timeout=int(TURN_TIMEOUT_S * 1000),
+        f"window.__va.settled({SETTLE_S * 1000})", timeout=int(TURN_TIMEOUT_S * 1000)
     )
     probe = page.evaluate("JSON.parse(JSON.stringify(window.__va))")
     if mode == "hands-free":
@@ -181,13 +201,14 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
         "longest_stall_s": round(max(stalls, default=0.0), 3),
         "stall_s_total": round(sum(stalls), 3),
         "latency_line": page.locator("#chat .turn-latency").last.inner_text(),
+        "heard_via": probe["via"],
     }
 
 
 def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
     """Model variables for the app, whether the LLM is scripted, and what each model is."""
     from voice_agent.bench.pipeline import build_llm
-    from voice_agent.testing.tiny_vits import build_shaped as build_vits
+    from voice_agent.testing.tiny_piper import build_shaped as build_piper
     from voice_agent.testing.tiny_whisper import SHAPES, build_whisper
 
     env: dict[str, str] = {}
@@ -207,9 +228,10 @@ def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
         env["STT_MODEL_NAME"] = str(path)
         about["stt"] = "whisper-base.en shape, random weights, 16 tokens"
     if "tts" not in env:
-        env["TTS_MODEL_NAME"] = str(build_vits(root / "tts"))
-        env["TTS_BACKEND"] = "vits"
-        about["tts"] = "mms-tts-eng (VITS) shape, random weights"
+        # The CPU default voice (Piper, onnxruntime), a medium voice's widths.
+        env["TTS_MODEL_NAME"] = str(build_piper(root / "tts"))
+        env["TTS_BACKEND"] = "piper"
+        about["tts"] = "Piper medium shape (ONNX), random weights"
     return env, not os.environ.get(MODEL_VARIABLES["llm"]), about
 
 

@@ -15,7 +15,6 @@ the MCP server's tools, are `transcribe`, `speak` and `chat` (`ui.api`).
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from voice_agent.ui import diagnostics as diag
 from voice_agent.ui.api import PublicApi, wire
 from voice_agent.ui.conversation import Conversation
 from voice_agent.ui.handlers import Handlers
+from voice_agent.ui.playback import PLAYER_HEAD
 from voice_agent.ui.style import MIC_SVG
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,13 @@ TITLE = "Voice Agent"
 STATUS_POLL_S = 1.0
 TURN_CONCURRENCY = 4  # turns of different tabs that may run at once (engines serialise GPU work)
 RING_POLL_S = 1.0  # how often a tab with timers running asks whether one is due
+# Stop, Clear and barge-in silence the page at once, before the server hears of it.
 PAUSE_AUDIO_JS = (
-    "() => { document.querySelectorAll('#reply-audio audio').forEach(a => a.pause()); }"
+    "() => { document.querySelectorAll('#reply-audio audio').forEach(a => a.pause());"
+    " if (window.vaPlayer) window.vaPlayer.flush(); }"
 )
+# The page player (ui.playback) opens this tab's audio stream once the id arrives.
+CONNECT_PLAYER_JS = "(id) => { if (window.vaPlayer) window.vaPlayer.connect(id); }"
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}  # page events: not an API
 CLIENT: dict[str, Any] = {"api_visibility": "undocumented"}  # for gradio_client, not listed
 
@@ -60,6 +64,8 @@ ECHO_SAFE_MIC_HEAD = """<script>
   md.vaEchoSafe = true;
 })();
 </script>"""
+# The page's <head>: the echo-safe microphone and the reply's player.
+PAGE_HEAD = ECHO_SAFE_MIC_HEAD + PLAYER_HEAD
 
 
 def build_ui(
@@ -68,7 +74,7 @@ def build_ui(
     *,
     snapshot: Callable[[], dict[str, Any]] | None = None,
     pause_default: float | None = None,
-    stream_audio: bool | None = None,
+    stream_audio: bool = True,
 ) -> gr.Blocks:
     """Build the app.
 
@@ -77,16 +83,9 @@ def build_ui(
         models: the cached loader's `LoadedModels`, for the loading banner and voices.
         snapshot: the diagnostics snapshot (default `diagnostics.snapshot(models, agent)`).
         pause_default: hands-free pause length (default `settings.vad_pause_seconds`).
-        stream_audio: stream the reply's audio as it is made; Gradio encodes the
-            stream with ffmpeg, so the default is True only when ffmpeg is on PATH
-            (otherwise the whole reply plays once it is spoken).
+        stream_audio: play the reply's audio in the page as it is made (`ui.playback`,
+            default); False: the whole reply plays once it is spoken.
     """
-    if stream_audio is None:
-        stream_audio = shutil.which("ffmpeg") is not None
-        if not stream_audio:
-            log.warning(
-                "ffmpeg not found: the reply audio plays when complete instead of streaming"
-            )
     if agent_factory is None:
         from voice_agent.pipeline.agent import get_agent
 
@@ -132,6 +131,7 @@ def build_ui(
             with gr.Tab("Diagnostics", id="diagnostics") as diag_tab:
                 d = _diagnostics_tab()
         trigger = gr.Number(0, visible="hidden", elem_id="utterance-trigger")
+        channel = gr.Textbox("", visible="hidden", elem_id="audio-channel")
         interrupt = gr.Number(0, visible="hidden", elem_id="interrupt-trigger")
         ring = gr.Timer(RING_POLL_S, active=False)  # on while this tab has timers running
 
@@ -145,11 +145,12 @@ def build_ui(
         after_turn: dict[str, Any] = {"show_progress": "hidden", **PRIVATE}
         demo.load(
             handlers.on_load,
-            outputs=[state, *controls, banner, open_diag, timer],
+            outputs=[state, *controls, banner, open_diag, timer, channel],
             show_progress="hidden",
             api_name="on_load",
             **CLIENT,
         )
+        channel.change(None, [channel], None, js=CONNECT_PLAYER_JS, **PRIVATE)
         timer.tick(
             handlers.tick,
             outputs=[banner, open_diag, timer, c["voice"]],
@@ -319,10 +320,11 @@ def _conversation_tab(
                 elem_id="hands-free-mic",
             )
             c["hf_status"] = gr.Markdown("", elem_id="hands-free-status")
+            # The voice plays through the page player as it is made (ui.playback); this
+            # player gets the whole reply once spoken, to replay or download.
             c["reply_audio"] = gr.Audio(
                 label="Assistant's voice",
-                streaming=stream_audio,
-                autoplay=True,
+                autoplay=not stream_audio,
                 interactive=False,
                 elem_id="reply-audio",
                 buttons=["download"],

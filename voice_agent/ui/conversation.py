@@ -26,6 +26,7 @@ import numpy as np
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.errors import InputError, ModelUnavailableError, VoiceAgentError
 from voice_agent.ui.chat_text import safe_markdown, tool_message
+from voice_agent.ui.playback import AudioChannel, AudioChannels, default_channels
 from voice_agent.ui.waiting import Queued, watch_queue
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,10 @@ class UISession:
     turn that the send handler started. Never shared between tabs.
     """
 
-    def __init__(self, agent_session: Any) -> None:
+    def __init__(self, agent_session: Any, audio: AudioChannel | None = None) -> None:
         self.session = agent_session
+        self.audio = audio  # the page's audio stream (ui.playback); None: whole replies only
+        self.played_live = False  # the last reply's voice went out through `audio`
         self.chat: list[dict[str, Any]] = []
         self.exchanges: list[Exchange] = []
         self.cancel: CancelToken | None = None
@@ -96,7 +99,7 @@ class TurnControls:
 
 
 def wav_bytes(sample_rate: int, samples: np.ndarray) -> bytes:
-    """16-bit mono WAV: what Gradio's streamed audio output reads without ffmpeg's help."""
+    """16-bit mono WAV bytes."""
     x = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
     pcm = (x * 32767.0).astype("<i2")
     out = io.BytesIO()
@@ -156,8 +159,10 @@ class Conversation:
         agent_factory: returns the process-wide `Agent` (called lazily, once).
         pause_default: hands-free pause length when the slider sends nothing.
         transcript_dir: where transcript downloads (and whole-reply audio) are written.
-        stream_audio: yield each audio chunk as WAV bytes (Gradio's streamed player,
-            which needs ffmpeg); False: one WAV file path for the whole reply at the end.
+        stream_audio: send each audio chunk to the tab's page player as it is made
+            (`ui.playback`), when the page is connected; False: the whole reply plays
+            once it is spoken. Either way the turn ends with the whole reply as a file.
+        channels: the audio channels the page player reads (default: the process's).
     """
 
     def __init__(
@@ -167,8 +172,10 @@ class Conversation:
         pause_default: float = 0.6,
         transcript_dir: Path | None = None,
         stream_audio: bool = True,
+        channels: AudioChannels | None = None,
     ) -> None:
         self._agent_factory = agent_factory
+        self.channels = channels if channels is not None else default_channels()
         self._agent: Any | None = None
         self._agent_lock = threading.Lock()
         self.pause_default = pause_default
@@ -187,21 +194,26 @@ class Conversation:
     # --- session life ------------------------------------------------------------------
 
     def new_session(self) -> UISession:
+        return UISession(self._agent_session(), self.channels.open() if self.stream_audio else None)
+
+    def _agent_session(self) -> Any:
         agent = self.agent
         try:
             # This tab speaks the session's timers when they ring (`ring_timers`).
-            session = agent.new_session(ring_timers=True)
+            return agent.new_session(ring_timers=True)
         except TypeError:  # an agent without timers
-            session = agent.new_session()
-        return UISession(session)
+            return agent.new_session()
 
     def ensure(self, ui: UISession | None) -> UISession:
         return ui if isinstance(ui, UISession) else self.new_session()
 
     def close(self, ui: UISession | None) -> None:
         """The tab went away: stop whatever it was running."""
-        if isinstance(ui, UISession) and ui.cancel is not None:
-            ui.cancel.cancel("tab closed")
+        if isinstance(ui, UISession):
+            if ui.cancel is not None:
+                ui.cancel.cancel("tab closed")
+            self.channels.close(ui.audio)
+            ui.audio = None
 
     # --- turns -------------------------------------------------------------------------
 
@@ -213,13 +225,14 @@ class Conversation:
         text: str | None = None,
         audio: Any | None = None,
         speech_ended_at: float | None = None,
-    ) -> Iterator[tuple[list[dict[str, Any]], bytes | str | None, str]]:
+    ) -> Iterator[tuple[list[dict[str, Any]], str | None, str]]:
         """Run one turn, yielding (chat, audio, status text).
 
-        audio: a chunk as WAV bytes when streaming, else None until the last
-        step, which carries the whole reply as a WAV file path (None when
-        nothing was spoken). The chat is the session's own list, updated in
-        place as the transcript, reply text and latency arrive.
+        audio: None until the last step, which carries the whole reply as a WAV
+        file path (None when nothing was spoken). While the turn runs, each chunk
+        goes to the page's player as it is made (`ui.audio`, when the page is
+        connected; `ui.played_live` then says so). The chat is the session's own
+        list, updated in place as the transcript, reply text and latency arrive.
         """
         spoken = audio is not None
         if not ui.turn_lock.acquire(timeout=TURN_HANDOVER_S):
@@ -237,7 +250,11 @@ class Conversation:
         ui.chat.extend([user_msg, bot_msg])
         ui.exchanges.append(exchange)
         reply = ""
-        spoken_chunks: list[Any] = []  # kept only when not streaming
+        spoken_chunks: list[Any] = []
+        channel = ui.audio if self.stream_audio else None
+        live = channel is not None and channel.listening
+        audio_turn = channel.begin_turn() if channel is not None else 0
+        ui.played_live = False
         timings = None
         problem = ""
         finished = False
@@ -275,10 +292,11 @@ class Conversation:
                     if ui.detector is not None:
                         # The echo guard learns what the speaker plays (vad.TurnDetector.play).
                         ui.detector.play(chunk.samples, chunk.sample_rate)
-                    if self.stream_audio:
-                        yield ui.chat, wav_bytes(chunk.sample_rate, chunk.samples), "Speaking…"
-                    else:
-                        spoken_chunks.append(chunk)
+                    spoken_chunks.append(chunk)
+                    if live and channel is not None:
+                        channel.push(audio_turn, chunk.sample_rate, chunk.samples)
+                        ui.played_live = True
+                        yield ui.chat, None, "Speaking…"
                 elif kind == "notice" and event.code == "filler":
                     yield ui.chat, None, event.text  # said aloud while a tool runs
                 elif kind == "notice":
@@ -359,6 +377,8 @@ class Conversation:
         if not isinstance(ui, UISession) or ui.cancel is None:
             return "Nothing is running."
         ui.cancel.cancel("stopped")
+        if ui.audio is not None:
+            ui.audio.flush()
         try:
             self.agent.cancel(ui.session)
         except Exception:  # the token alone already stops the turn
@@ -372,7 +392,9 @@ class Conversation:
         # A turn still winding down sends this list in its last updates: empty it, or the
         # old conversation comes back on screen right after Clear.
         ui.chat.clear()
-        fresh = self.new_session()
+        if ui.audio is not None:
+            ui.audio.flush()
+        fresh = UISession(self._agent_session(), ui.audio)  # the page keeps its audio stream
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
         if hasattr(fresh.session, "allow_actions"):  # consent is the tab's, not the chat's
             fresh.session.allow_actions = getattr(ui.session, "allow_actions", None)
@@ -385,11 +407,12 @@ class Conversation:
         timers = getattr(self.agent, "timers", None)
         return bool(timers is not None and timers.pending(getattr(ui.session, "id", "")))
 
-    def ring(self, ui: UISession, voice: str | None = None) -> tuple[str, bytes | str | None]:
-        """Announce this tab's timers that are due: (what was said, its audio), or ("", None).
+    def ring(self, ui: UISession, voice: str | None = None) -> tuple[str, str | None]:
+        """Announce this tab's timers that are due: (what was said, its audio file), or ("", None).
 
         Waits while a turn is running (the next poll rings them), so the reply's audio is
-        not cut off; without a voice the announcement is text only.
+        not cut off; without a voice the announcement is text only. A connected page
+        hears it at once (`ui.played_live`); the file is for the player.
         """
         timers = getattr(self.agent, "timers", None)
         if timers is None or ui.busy:
@@ -404,8 +427,10 @@ class Conversation:
         except Exception as exc:  # the chat still shows it
             log.warning("could not say the timer: %s", exc)
             return said, None
-        if self.stream_audio:
-            return said, wav_bytes(rate, samples)
+        channel = ui.audio if self.stream_audio else None
+        ui.played_live = channel is not None and channel.listening
+        if channel is not None and ui.played_live:
+            channel.push(channel.begin_turn(), rate, samples)
         path = self.transcript_dir / f"timer-{getattr(ui.session, 'id', id(ui))}-{rung[0].id}.wav"
         path.write_bytes(wav_bytes(rate, samples))
         return said, str(path)
@@ -454,6 +479,8 @@ class Conversation:
                 ui.hands_free_status = "Hearing you…"
             elif event.kind == "barge_in":
                 ui.speaking_until = 0.0
+                if ui.audio is not None:
+                    ui.audio.flush()
                 if ui.cancel is not None:
                     ui.cancel.cancel("barge-in")
                     try:

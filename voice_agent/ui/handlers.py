@@ -123,6 +123,7 @@ class Handlers:
             gr.HTML(value=html, visible=bool(html)),
             gr.Button(visible=degraded),
             gr.Timer(active=loading),
+            ui.audio.id if ui.audio is not None else "",
         )
 
     def tick(self) -> tuple[Any, ...]:
@@ -176,7 +177,7 @@ class Handlers:
         for chat, audio, status in self.conversation.run_turn(
             ui, self._controls(*controls), text=text
         ):
-            yield chat, audio, status, ("" if first else gr.skip())
+            yield chat, _player(ui, audio), status, ("" if first else gr.skip())
             first = False
 
     @gpu
@@ -195,7 +196,7 @@ class Handlers:
         for chat, audio, status in self.conversation.run_turn(
             ui, self._controls(*controls), audio=path
         ):
-            yield chat, audio, status, gr.skip()
+            yield chat, _player(ui, audio), status, gr.skip()
         yield gr.skip(), gr.skip(), gr.skip(), None  # ready for the next recording
 
     @gpu
@@ -205,9 +206,10 @@ class Handlers:
         audio = self.conversation.take_utterance(ui)
         if audio is None:
             return
-        yield from self.conversation.run_turn(
+        for chat, reply, status in self.conversation.run_turn(
             ui, self._controls(*controls), audio=audio, speech_ended_at=ui.speech_ended_at
-        )
+        ):
+            yield chat, _player(ui, reply), status
         if ui.detector is not None:
             ui.hands_free_status = "Listening — just talk; a pause ends your turn."
 
@@ -250,7 +252,7 @@ class Handlers:
         if not said:
             yield gr.skip(), gr.skip(), gr.skip(), active
             return
-        yield ui.chat, audio, said, active
+        yield ui.chat, _player(ui, audio), said, active
 
     # --- hands-free -----------------------------------------------------------------------
 
@@ -323,6 +325,14 @@ class Handlers:
             yield f"❌ The self-test could not run: {diag.esc(exc)}", []
             return
         yield diag.self_test_headline(results), diag.self_test_rows(results)
+
+
+def _player(ui: UISession, audio: str | None) -> Any:
+    """The reply player's update: the whole reply once spoken, started only if the page
+    player did not already play it as it was made (`UISession.played_live`)."""
+    if audio is None:
+        return gr.skip()
+    return gr.Audio(value=audio, autoplay=not ui.played_live)
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
