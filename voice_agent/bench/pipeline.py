@@ -17,12 +17,16 @@ sentences only (no early first phrase), to show what that rule buys.
 Tools (what a tool call adds to the time to first audio): the same turn with the
 built-in tools in the prompt and the model answering at once ("tools offered");
 with one call first (`current_time`, scripted as the model writes it: a
-`<tool_call>` block of `CALL_PIECES` tokens), then the same answer ("one tool
-call"); and with a tool that takes `SLOW_TOOL_S`, so the filler is said first
-("slow tool"). `answer_audio` is the answer's first sound, `first_audio` whatever
+`<tool_call>` block, one token per piece of `call_pieces(TOOL_CALL)`), then the
+same answer ("one tool call"); and with a tool that takes `SLOW_TOOL_S`, so the
+filler is said first ("slow tool"). `answer_audio` is the answer's first sound, `first_audio` whatever
 came first (the filler's); `tool_call_extra_s` = answer audio with a call minus
 first audio without tools. The rows without tools run with the session's tools
-off, as before tools existed.
+off, as before tools existed. With tools, the engine really renders them into the
+prompt (the checkpoint keeps the shape's 32768-token context: the test tokenizer's
+512 would not hold them, and the turn would answer without tools), and the scripted
+call goes through the engine's tool-call parser, so the agent runs it and then the
+answer round.
 
 Fixed reply length and real text: random weights would stop anywhere and write
 no words, so the LLM's output rows for special tokens and for ids outside the test
@@ -41,6 +45,8 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +63,7 @@ SLOW_TOOL_CALL = (
     '<tool_call>\n{"name": "slow_lookup", "arguments": {"city": "Paris"}}\n</tool_call>'
 )
 SLOW_TOOL_S = 1.5
+TINY_CONTEXT = 4096  # `build_llm(tiny=True)`: room for the tools' prompt
 
 
 def reply_pieces(text: str = REPLY) -> list[str]:
@@ -74,6 +81,10 @@ def call_pieces(call: str) -> list[str]:
 class ScriptedLLM:
     """Wraps an LLM engine: generated token k is shown as piece k of a fixed reply.
 
+    The engine runs the request as asked (tools included, so their prompt is really
+    prefilled) for exactly as many tokens as the script has pieces: the model stops
+    where its text ends, as a real one would.
+
     `call`: the pieces of a tool call the model writes first, when it is given tools and
     has no tool result yet (None: it always answers). Tool calls in the script are parsed
     by the engine's own parser (`with_tool_calls`), as the model's would be.
@@ -88,14 +99,27 @@ class ScriptedLLM:
         self.context_length = llm.context_length
         self.capabilities = llm.capabilities
 
-    def _script(self, generated):
+    def script_for(self, messages: Any, tools: Any, tool_choice: str = "auto") -> list[str]:
+        """What the model writes: the call, while it has tools and no tool result to
+        answer from yet; the reply otherwise."""
+        offered = bool(tools) and tool_choice != "none"
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        answering = isinstance(last, dict) and last.get("role") == "tool"
+        return self.call if self.call and offered and not answering else self.pieces
+
+    def _script(self, stream: Any, generated: Iterator[str], script: list[str]) -> Iterator[str]:
+        said: list[str] = []
         try:
             for k, _ in enumerate(generated):
-                if k >= len(self.pieces):
-                    break  # the script is said: stop generating for nobody
-                yield self.pieces[k]
+                if k < len(script):  # beyond it (never, at max_new_tokens): said nothing
+                    said.append(script[k])
+                    yield script[k]
         finally:
-            generated.close()
+            close = getattr(generated, "close", None)
+            if callable(close):
+                close()
+        if stream.reply is not None:
+            stream.reply.text = "".join(said)
 
     def stream_reply(
         self,
@@ -107,8 +131,21 @@ class ScriptedLLM:
         tools=None,
         tool_choice="auto",
     ):
-        stream = self._llm.stream_reply(messages, settings, cancel, system_prompt)
-        stream.pieces = self._script(iter(stream.pieces))
+        from voice_agent.llm.base import GenerationSettings
+        from voice_agent.llm.tool_calls import with_tool_calls
+
+        script = self.script_for(messages, tools, tool_choice)
+        gen = settings or GenerationSettings()
+        gen = replace(gen, max_new_tokens=min(gen.max_new_tokens, len(script)))
+        stream = self._llm.stream_reply(
+            messages, gen, cancel, system_prompt, tools=tools, tool_choice=tool_choice
+        )
+        # The engine's own tool-call filter has passed the random tokens one per piece
+        # (`build_llm` silences any that could open a call); the script's text is what the
+        # model says, so its calls go through the same parser.
+        stream.pieces = self._script(stream, iter(stream.pieces), script)
+        if tools and tool_choice != "none":
+            with_tool_calls(stream)
         return stream
 
     def generate_reply(
@@ -121,17 +158,20 @@ class ScriptedLLM:
         tools=None,
         tool_choice="auto",
     ):
-        stream = self.stream_reply(messages, settings, cancel, system_prompt)
-        text = "".join(stream)
-        reply = stream.reply
-        reply.text = text
-        return reply
+        return self.stream_reply(
+            messages, settings, cancel, system_prompt, tools=tools, tool_choice=tool_choice
+        ).collect()
 
 
-def build_llm(out_dir: Path) -> Path:
-    """Qwen2.5-0.5B shapes, the test tokenizer, and only that tokenizer's words ever chosen."""
+def build_llm(out_dir: Path, *, tiny: bool = False) -> Path:
+    """Qwen2.5-0.5B shapes, the test tokenizer, and only that tokenizer's words ever chosen.
+
+    `tiny`: the test model's two small layers instead (for tests of the bench itself).
+    The context is the shape's (the tools' prompt needs about 2500 of this tokenizer's
+    tokens; the tokenizer's own 512 would leave them out).
+    """
     import torch
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, Qwen2ForCausalLM
 
     from voice_agent.testing.tiny_llm import (
         EOS,
@@ -139,12 +179,19 @@ def build_llm(out_dir: Path) -> Path:
         SPECIAL_TOKENS,
         build_shaped_model,
         build_tokenizer,
+        tiny_config,
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out_dir)
+    tokenizer = build_tokenizer()
+    if tiny:
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(tiny_config(len(tokenizer), max_position_embeddings=TINY_CONTEXT))
+    else:
+        model = build_shaped_model("0.5B", "bfloat16")
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    tokenizer.save_pretrained(out_dir)
     eos_id, pad_id = tokenizer.convert_tokens_to_ids(EOS), tokenizer.convert_tokens_to_ids(PAD)
-    model = build_shaped_model("0.5B", "bfloat16")
     # Silence special tokens, ids the tokenizer does not have, and byte tokens that are not
     # text on their own (the streamer would hold them back, merging pieces).
     # ... and any that could open a tool call ("<", "{", "[", "`"), so the engine's tool-call

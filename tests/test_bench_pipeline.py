@@ -1,0 +1,80 @@
+"""The `pipeline` bench's scripted LLM on the real engine: its tool rows really call a tool.
+
+`bench --only pipeline` builds a Qwen2.5-0.5B-shaped model (too slow for a test);
+`build_llm(tiny=True)` builds the same checkpoint (tokenizer, context, silenced
+tokens) with the test model's two small layers, so the `ScriptedLLM` runs here over
+the real `OpenSourceLLM`, its chat template and its tool-call parser.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes import FakeTTS, fake_models
+from voice_agent.bench.pipeline import (
+    TOOL_CALL,
+    ScriptedLLM,
+    build_llm,
+    call_pieces,
+    reply_pieces,
+)
+from voice_agent.core.config import load_settings
+from voice_agent.llm.base import GenerationSettings
+from voice_agent.llm.engine import OpenSourceLLM
+from voice_agent.pipeline.agent import Agent, TurnEvent
+from voice_agent.tools import Toolbox
+from voice_agent.tools.toolbox import builtin_tools
+
+PIECES = reply_pieces()
+CALL = call_pieces(TOOL_CALL)
+# As the bench's call rows: room for the call's JSON and the whole answer.
+GENERATION = GenerationSettings(temperature=0.0, max_new_tokens=max(len(PIECES), len(CALL)))
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> OpenSourceLLM:
+    import torch
+
+    torch.set_num_threads(1)
+    path = build_llm(tmp_path_factory.mktemp("bench-llm") / "llm", tiny=True)
+    return OpenSourceLLM(str(path), load_settings({"HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu"}))
+
+
+def turn(engine: OpenSourceLLM, *, tools: bool, call: list[str] | None) -> list[TurnEvent]:
+    agent = Agent(
+        fake_models(llm=ScriptedLLM(engine, PIECES, call), tts=FakeTTS()),
+        tools=Toolbox(builtin_tools()),
+    )
+    session = agent.new_session(generation=GENERATION, tools=tools)
+    return list(agent.run_turn(session, text="What time is it?"))
+
+
+def test_the_scripted_call_is_parsed_and_run_then_the_answer_is_said(engine) -> None:
+    """Bug: `ScriptedLLM` dropped the tools and never wrote its `call`, so the bench's
+    "one tool call" and "slow tool" rows ended with no call (tool_calls=0) and failed."""
+    events = turn(engine, tools=True, call=CALL)
+    done = events[-1]
+    assert done.kind == "done", [e.text for e in events if e.kind == "error"]
+    assert done.timings is not None and done.timings.tool_calls == 1, done.timings
+    assert done.timings.answer_token is not None
+    ran = [e.tool for e in events if e.kind == "tool" and e.tool]
+    assert [(t.name, t.status) for t in ran] == [
+        ("current_time", "running"),
+        ("current_time", "done"),
+    ]
+    # Only the answer is said: never the call's text.
+    said = "".join(e.text for e in events if e.kind == "text")
+    assert said == done.text == "".join(PIECES)
+
+
+def test_tools_offered_are_in_the_prompt_and_the_model_answers_at_once(engine) -> None:
+    """Guards the "tools offered" row: the tools are really prefilled (the engine's
+    context holds them), and with no call scripted the model just answers."""
+    events = turn(engine, tools=False, call=None)
+    assert events[-1].kind == "done" and engine.last_prefill is not None
+    plain = engine.last_prefill.prompt_tokens
+    events = turn(engine, tools=True, call=None)
+    done = events[-1]
+    assert done.kind == "done" and done.timings is not None and done.timings.tool_calls == 0
+    assert done.text == "".join(PIECES)
+    assert engine.last_prefill.prompt_tokens > plain + 1000  # the built-in tools' specs
