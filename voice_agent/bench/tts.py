@@ -18,9 +18,14 @@ tokens, and peak RSS.
 - `dia2`: the `dia2` section measures it (our runtime, 2B-shaped).
 - `cpu_default`: the backend `TTS_BACKEND=auto` picks on a CPU (Piper), on a
   random voice with a Piper "medium" voice's widths exported to ONNX here (the
-  Hub is not needed): RTF alone, RTF while a Qwen2.5-0.5B-shaped LLM decodes in
-  another process (`rtf_beside_llm`, the turn's real situation: the reply is
-  spoken while it is still being written), and the time to first audio.
+  Hub is not needed; its durations are calibrated to a real medium voice's, so
+  the reply lasts about as long as real speech): RTF alone, RTF while a
+  Qwen2.5-0.5B-shaped LLM decodes in another process (`rtf_beside_llm`, the
+  turn's real situation: the reply is spoken while it is still being written),
+  the time to first audio, `audio_s` and the RTF per second of speech at 14
+  characters a second. With `BENCH_PIPER_VOICE` set (a Piper voice folder, or a
+  Hub reference as `TTS_MODEL_NAME` takes it) the row measures that voice
+  instead, and `model` says so.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from voice_agent.bench.common import run_isolated
+
+PIPER_VOICE_VARIABLE = "BENCH_PIPER_VOICE"
 
 REPLY = (
     "Sure, I can help with that. The weather today is sunny and warm, about 25 degrees. "
@@ -71,21 +78,22 @@ print(json.dumps({{"load_s": load_s, "compute_s": compute_s, "audio_s": audio_s,
 """
 
 PIPER_CHILD = """
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
 from voice_agent.core.config import load_settings
 from voice_agent.tts.engine import LocalTTS
 reply = {reply!r}
-settings = load_settings({{"HF_HUB_OFFLINE": "1", "TTS_DEVICE": "cpu"}})
+settings = load_settings({{**os.environ, "TTS_DEVICE": "cpu"}})
 tts = LocalTTS(backend="piper", model_name={model!r}, settings=settings)
 tts.synthesize("Warm up.")
-def rtf():
-    runs = []
+def runs():
+    out = []
     for _ in range({repeats}):
         t0 = time.perf_counter()
         rate, audio = tts.synthesize(reply)
-        runs.append((time.perf_counter() - t0) / (len(audio) / rate))
-    return sorted(runs)[len(runs) // 2]
-alone = rtf()
+        compute_s, audio_s = time.perf_counter() - t0, len(audio) / rate
+        out.append((compute_s / audio_s, compute_s, audio_s))
+    return sorted(out)[len(out) // 2]  # (rtf, compute_s, audio_s) of the median run
+alone, compute_s, audio_s = runs()
 firsts = []
 for _ in range({repeats}):
     t0 = time.perf_counter()
@@ -96,10 +104,11 @@ for _ in range({repeats}):
 llm = subprocess.Popen([sys.executable, "-c", {llm!r}], stdout=subprocess.PIPE, text=True)
 try:
     ready = llm.stdout.readline().strip()
-    beside = rtf() if ready == "decoding" else None
+    beside = runs()[0] if ready == "decoding" else None
 finally:
     llm.kill()
-print(json.dumps({{"rtf": alone, "rtf_beside_llm": beside, "threads": tts._backend.threads,
+print(json.dumps({{"rtf": alone, "compute_s": compute_s, "audio_s": audio_s,
+                  "rtf_beside_llm": beside, "threads": tts._backend.threads,
                   "first_audio_s": sorted(firsts)[len(firsts) // 2]}}))
 """
 
@@ -167,18 +176,29 @@ def _vits(tmp: Path, quick: bool, threads: int) -> dict[str, Any]:
 def _cpu_default(tmp: Path, quick: bool) -> dict[str, Any]:
     from voice_agent.testing.tiny_piper import build_shaped
 
-    row: dict[str, Any] = {"backend": "piper", "model": "Piper medium shape (random, ONNX)"}
-    model = build_shaped(tmp / "piper-medium-shaped")
-    code = PIPER_CHILD.format(
-        reply=REPLY, model=str(model), repeats=2 if quick else 5, llm=LLM_DECODE
-    )
-    out = run_isolated(code, env={"HF_HUB_OFFLINE": "1"})
+    voice = os.environ.get(PIPER_VOICE_VARIABLE, "").strip()
+    env: dict[str, str] = {}
+    if voice:  # the user's voice, found (or fetched) as their environment says
+        row: dict[str, Any] = {"backend": "piper", "model": f"{voice} ({PIPER_VOICE_VARIABLE})"}
+        model = voice
+    else:
+        row = {
+            "backend": "piper",
+            "model": "Piper medium shape (random, ONNX, speech length of a real medium voice)",
+        }
+        model = str(build_shaped(tmp / "piper-medium-shaped"))
+        env["HF_HUB_OFFLINE"] = "1"
+    code = PIPER_CHILD.format(reply=REPLY, model=model, repeats=2 if quick else 5, llm=LLM_DECODE)
+    out = run_isolated(code, env=env)
     if "error" in out:
         return {**row, "error": out["error"]}
     beside = out["rtf_beside_llm"]
+    speech_s = len(REPLY) / SPEECH_CHARS_PER_S
     return {
         **row,
         "rtf": round(out["rtf"], 3),
+        "rtf_at_14_chars_per_s": round(out["compute_s"] / speech_s, 3),
+        "audio_s": round(out["audio_s"], 2),
         "rtf_beside_llm": None if beside is None else round(beside, 3),
         "first_audio_s": round(out["first_audio_s"], 3),
         "onnx_threads": out["threads"],
