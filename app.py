@@ -254,8 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     # Loading runs on a thread so the page opens at once and shows the progress.
     models = get_models(settings, background=True)
     agent = get_agent()
-    # Gather the tools now (MCP servers connect in the background), not at the first turn.
-    threading.Thread(target=lambda: agent.toolbox, name="tools", daemon=True).start()
+
+    # Gather the tools now (MCP servers connect in the background), not at the first turn,
+    # then prefill the prompt every conversation starts with (system prompt and tools).
+    def prepare() -> None:
+        agent.toolbox  # noqa: B018 (built on first use)
+        agent.prime()
+
+    threading.Thread(target=prepare, name="prime", daemon=True).start()
     blocks = build_ui(lambda: agent, models)
     app = build_app(models, settings, blocks)
 

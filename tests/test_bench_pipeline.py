@@ -78,3 +78,22 @@ def test_tools_offered_are_in_the_prompt_and_the_model_answers_at_once(engine) -
     assert done.kind == "done" and done.timings is not None and done.timings.tool_calls == 0
     assert done.text == "".join(PIECES)
     assert engine.last_prefill.prompt_tokens > plain + 1000  # the built-in tools' specs
+
+
+def test_priming_prefills_the_shared_start_so_a_first_turn_computes_only_its_own_words(
+    engine: OpenSourceLLM,
+) -> None:
+    """`Agent.prime` (run by app.py once the models load): the system prompt and the tool list
+    (over a thousand tokens here) are prefilled before anyone talks, so the first turn of the
+    first conversation reuses them from the KV cache instead of computing them."""
+    agent = Agent(fake_models(llm=engine, tts=FakeTTS()), tools=Toolbox(builtin_tools()))
+    engine._prompt_cache = None
+    assert agent.prime(wait_s=5)
+    primed = engine.last_prefill
+    assert primed is not None and primed.prompt_tokens > 1000 and primed.reused_tokens == 0
+    session = agent.new_session(generation=GenerationSettings(temperature=0.0, max_new_tokens=2))
+    events = list(agent.run_turn(session, text="What is the weather like?"))
+    assert events[-1].kind == "done"
+    turn = engine.last_prefill
+    assert turn is not None and turn.reused_tokens > 1000
+    assert turn.computed_tokens < 40, turn

@@ -236,6 +236,39 @@ class Agent:
                 self._toolbox = Toolbox.from_settings(self.settings)
             return self._toolbox
 
+    def prime(self, wait_s: float | None = None) -> bool:
+        """Prefill what every conversation's prompt starts with, once, before anyone talks.
+
+        The LLM engine keeps its last prompt's KV cache (`OpenSourceLLM`, "PromptCache"),
+        and every conversation starts with the same system prompt and tool list (hundreds
+        of tokens with the tools): prefilled here, the first turn computes only its own
+        words. Waits up to `wait_s` for the models to load; True if the prompt was primed.
+        """
+        if not self.models.wait(wait_s) or self.models.status.get("llm") != "ready":
+            return False
+        llm = self.models.require("llm")
+        if not getattr(llm, "reuse_prompt_cache", False):
+            return False  # nothing to keep: a serving engine, or the cache is off
+        session = self.new_session()
+        tools = self.toolbox.specs() if session.tools and llm.capabilities.tools else None
+
+        held = self.models.gates["llm"].enter(timeout_s=self.settings.server_timeout_s)
+        if held is None:
+            return False
+        try:
+            llm.generate_reply(
+                [{"role": "user", "content": "Hello."}],
+                GenerationSettings(max_new_tokens=1, temperature=0.0),
+                system_prompt=session.system_prompt,
+                tools=tools or None,
+            )
+        except Exception as exc:  # the first turn just prefills it all itself
+            log.warning("could not prime the prompt cache: %s", exc)
+            return False
+        finally:
+            held.release()
+        return True
+
     def describe_tools(self) -> dict[str, Any]:
         """For the Diagnostics tab: each tool and where it came from, and the MCP servers."""
         return {
