@@ -194,6 +194,38 @@ class FakeSTT:
         return Transcript(self.text if speech else "", "en", duration, 0.001, speech)
 
 
+class MeasuringSTT(FakeSTT):
+    """Says how much audio it heard ("heard 48000 samples"), so a transcript tells which
+    audio it came from.
+
+    Args:
+        hold: each call waits until it is set (a transcription still running).
+        fail: the first this many calls raise RuntimeError (an engine that fails).
+    """
+
+    def __init__(self, *, hold: threading.Event | None = None, fail: int = 0) -> None:
+        super().__init__()
+        self.hold = hold
+        self.fail = fail
+        self.heard: list[int] = []  # samples of each call, in order
+        self.started = threading.Event()  # a call has begun
+        self.begun = 0  # calls begun (`calls` counts those past `hold`)
+
+    def transcribe(self, audio: AudioInput, language: str | None = None) -> Transcript:
+        self.begun += 1
+        self.started.set()
+        if self.hold is not None:
+            self.hold.wait(10)
+        result = super().transcribe(audio, language)
+        samples = audio[1] if isinstance(audio, tuple) else audio
+        self.heard.append(len(samples))
+        if self.calls <= self.fail:
+            raise RuntimeError("the fake STT failed")
+        if result.speech_detected:
+            result.text = f"heard {len(samples)} samples"
+        return result
+
+
 class FakeTTS:
     """Speaks each complete sentence as one chunk (like the sentence-by-sentence backends).
 

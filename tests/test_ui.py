@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fakes import FakeLLM, fake_models
+from tests.fakes import FakeLLM, MeasuringSTT, fake_models
 
 gr = pytest.importorskip("gradio")
 
@@ -364,6 +364,165 @@ def test_speaking_over_the_reply_interrupts_it(app):
             interrupts.append(interrupt)
     assert running.cancelled and running.reason == "barge-in"
     assert interrupts == [1]
+
+
+def talk(handlers, ui, samples: np.ndarray, rate: int, pause: float = 0.6, tail_s: float = 1.0):
+    """Stream `samples` (int16) and `tail_s` of silence to `hear` in 250 ms chunks, as the
+    browser does; returns the turn triggers it gave."""
+    audio = np.concatenate((samples, np.zeros(int(tail_s * rate), dtype=np.int16)))
+    triggers = []
+    step = rate // 4
+    for start in range(0, len(audio), step):
+        _, trigger, _ = handlers.hear((rate, audio[start : start + step]), ui, pause)
+        if not isinstance(trigger, dict):
+            triggers.append(trigger)
+    return triggers
+
+
+def settled(early, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not early.done:
+        assert time.monotonic() < deadline, "the early transcription never finished"
+        time.sleep(0.01)
+    return early
+
+
+def last_user_words(ui: UISession) -> str:
+    return [m["content"] for m in ui.chat if m["role"] == "user"][-1]
+
+
+def test_hands_free_turn_uses_the_words_heard_at_the_pause(assets_dir):
+    """The lever of issue #14: the words are transcribed during the pause that ends the
+    turn, so the turn does not transcribe them again."""
+    import soundfile as sf
+
+    stt = MeasuringSTT()
+    _, handlers, _ = make_app(fake_models(stt=stt))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    assert talk(handlers, ui, samples, rate) == [1]
+    early = settled(ui.early_queued)
+    heard = sum(len(u) for u in ui.utterances)
+    before = stt.calls
+    assert stt.heard[-1] == heard  # heard at the pause: the turn's very audio
+    drain(handlers.hands_free_turn(ui, *controls()))
+    assert stt.calls == before, "the turn transcribed its audio again"
+    assert last_user_words(ui).endswith(f"heard {heard} samples")
+    assert "heard in" in ui.chat[-1]["content"]
+    assert ui.early_queued is None and early.discarded  # used once, then nothing may take it
+
+
+def test_hands_free_words_after_a_short_pause_make_the_turn_hear_them_all(assets_dir):
+    import soundfile as sf
+
+    stt = MeasuringSTT()
+    _, handlers, _ = make_app(fake_models(stt=stt))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "speech_pause_speech.wav", dtype="int16")
+    # A 2 s pause setting keeps the 1.2 s gap inside one turn; short pauses come before it.
+    assert talk(handlers, ui, samples, rate, pause=2.0, tail_s=2.5) == [1]
+    heard = sum(len(u) for u in ui.utterances)
+    assert min(stt.heard) < heard  # a guess was made on the words before the gap
+    drain(handlers.hands_free_turn(ui, *controls()))
+    assert last_user_words(ui).endswith(f"heard {heard} samples")
+
+
+def test_a_barged_in_hands_free_turn_leaves_no_early_words(assets_dir):
+    """Speaking over a turn that still waits for its early words ends it at once; the guess
+    is discarded, its engine work frees the gate, and no later turn is given it."""
+    import soundfile as sf
+
+    hold = threading.Event()
+    stt = MeasuringSTT(hold=hold)
+    models = fake_models(stt=stt)
+    _, handlers, _ = make_app(models)
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    try:
+        assert talk(handlers, ui, samples, rate) == [1]
+        early = ui.early_queued
+        assert early is not None and stt.started.wait(5)
+        worker = threading.Thread(target=lambda: drain(handlers.hands_free_turn(ui, *controls())))
+        worker.start()
+        deadline = time.monotonic() + 5
+        while not ui.busy:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        interrupts = []
+        for start in range(0, rate * 3 // 4, rate // 4):  # the user starts talking again
+            _, _, interrupt = handlers.hear((rate, samples[start : start + rate // 4]), ui, 0.6)
+            if not isinstance(interrupt, dict):
+                interrupts.append(interrupt)
+        assert interrupts == [1]
+        worker.join(5)
+        assert not worker.is_alive(), "the turn kept waiting for its early words"
+        assert early.discarded and early not in (ui.early, ui.early_queued)
+        assert "interrupted" in ui.chat[-1]["content"]
+    finally:
+        hold.set()
+    settled(early)
+    assert models.gates["stt"].admitted == 0
+
+
+def test_hands_free_speech_queued_twice_is_heard_whole(assets_dir):
+    """Two utterances that end before their turn starts are heard joined: no guess heard
+    that audio, so the turn transcribes it all."""
+    import soundfile as sf
+
+    stt = MeasuringSTT()
+    _, handlers, _ = make_app(fake_models(stt=stt))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "speech_pause_speech.wav", dtype="int16")
+    assert talk(handlers, ui, samples, rate) == [1, 2]
+    assert ui.early_queued is None
+    heard = sum(len(u) for u in ui.utterances)
+    drain(handlers.hands_free_turn(ui, *controls()))
+    assert stt.heard.count(heard) == 1  # by the turn (guesses heard one utterance each)
+    assert last_user_words(ui).endswith(f"heard {heard} samples")
+
+
+def test_the_microphone_stopped_after_a_pause_still_uses_the_early_words(assets_dir):
+    import soundfile as sf
+
+    stt = MeasuringSTT()
+    _, handlers, _ = make_app(fake_models(stt=stt))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    assert talk(handlers, ui, samples, rate, tail_s=0.0) == []  # paused, turn not ended
+    settled(ui.early)
+    _, trigger = handlers.hands_free_stopped(ui)
+    assert trigger == 1 and ui.early_queued is not None
+    assert time.perf_counter() - ui.speech_ended_at < 5
+    before = stt.calls
+    drain(handlers.hands_free_turn(ui, *controls()))
+    assert stt.calls == before
+    assert last_user_words(ui).endswith(f"heard {stt.heard[-1]} samples")
+
+
+def test_speaking_on_after_a_short_pause_discards_its_guess(assets_dir):
+    """hello.wav has a 0.39 s breath after its first words: a guess starts there, and the
+    words that follow make it useless (discarded at once, not at the end of the turn)."""
+    import soundfile as sf
+
+    _, handlers, _ = make_app(fake_models(stt=MeasuringSTT()))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    talk(handlers, ui, samples[: rate * 5 // 4], rate, tail_s=0.0)  # up to the breath's end
+    early = ui.early
+    assert early is not None and early.discarded
+
+
+def test_switching_hands_free_off_discards_the_early_words(assets_dir):
+    import soundfile as sf
+
+    _, handlers, _ = make_app(fake_models(stt=MeasuringSTT()))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    assert talk(handlers, ui, samples, rate, tail_s=0.0) == []  # paused, turn not ended
+    early = ui.early
+    assert early is not None
+    handlers.toggle_hands_free(False, ui)
+    assert ui.early is None and early.discarded
 
 
 def test_hands_free_chunk_errors_do_not_end_the_stream(app):

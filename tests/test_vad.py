@@ -6,6 +6,8 @@ and the numpy fallback decide the same way on these clips.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -103,6 +105,63 @@ def test_default_pause_comes_from_settings(monkeypatch):
     get_settings.cache_clear()
     assert TurnDetector().config.pause_s == 0.9
     assert TurnDetector(pause_s=1.3).config.pause_s == 1.3
+
+
+def test_a_short_pause_comes_first_with_the_audio_the_turn_will_carry(model, clips):
+    """Hands-free transcribes at the `pause`; the turn may use that transcript only because
+    the `pause` carries exactly the audio `end_of_turn` carries when nothing more is said."""
+    detector = detector_for(model, early_pause_s=0.2)
+    events = feed_all(detector, np.concatenate([clips["hello"], clips["silence"]]))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "speech_start" and kinds[-2:] == ["pause", "end_of_turn"]
+    # Every pause is followed by more speech or by the end of the turn (hello.wav has a
+    # 0.39 s breath inside it: a pause, then a resume).
+    assert all(b in ("resume", "end_of_turn") for a, b in pairwise(kinds) if a == "pause")
+    pause, end = events[-2], events[-1]
+    assert pause.audio is not None and end.audio is not None
+    assert np.array_equal(pause.audio, end.audio)
+    assert pause.speech_end_s == end.speech_end_s
+    assert 0.19 <= pause.silence_s < 0.25
+    assert 0.35 < end.at_s - pause.at_s < 0.45  # the rest of the 0.6 s pause
+
+
+def test_speech_after_a_short_pause_resumes_the_turn(model, clips):
+    audio = np.concatenate([clips["speech_pause_speech"], clips["silence"]])
+    events = feed_all(detector_for(model, pause_s=2.0, early_pause_s=0.2), audio)
+    kinds = [e.kind for e in events]
+    assert kinds.count("end_of_turn") == 1 and kinds.count("resume") >= 1
+    end = events[-1]
+    pauses = [e for e in events if e.kind == "pause"]
+    # The pauses the user spoke on after carry less than the turn: their words are not its.
+    assert all(len(p.audio) < len(end.audio) for p in pauses[:-1]) and len(pauses) >= 2
+    assert np.array_equal(pauses[-1].audio, end.audio)
+
+
+def test_a_short_pause_shorter_than_the_tail_still_carries_the_turns_audio(model, clips):
+    detector = detector_for(model, early_pause_s=0.05)
+    events = feed_all(detector, np.concatenate([clips["hello"], clips["silence"]]))
+    pause, end = events[-2], events[-1]
+    assert pause.kind == "pause" and np.array_equal(pause.audio, end.audio)
+
+
+@pytest.mark.parametrize("early", [0.0, 0.6, 1.0], ids=["off", "as-long-as-the-pause", "longer"])
+def test_no_short_pause_when_off_or_not_shorter_than_the_pause(model, clips, early):
+    detector = detector_for(model, early_pause_s=early)
+    events = feed_all(detector, np.concatenate([clips["hello"], clips["silence"]]))
+    assert [e.kind for e in events] == ["speech_start", "end_of_turn"]
+
+
+def test_short_pause_comes_from_settings(monkeypatch):
+    from voice_agent.core.config import SettingsError, get_settings, load_settings
+
+    monkeypatch.setenv("VAD_EARLY_PAUSE_SECONDS", "0.3")
+    get_settings.cache_clear()
+    assert TurnDetector().config.early_pause_s == 0.3
+    assert TurnDetector(pause_s=1.3).config.early_pause_s == 0.3
+    with pytest.raises(SettingsError, match="VAD_EARLY_PAUSE_SECONDS.*0 to 10"):
+        load_settings({"VAD_EARLY_PAUSE_SECONDS": "-1"})
+    with pytest.raises(ValueError, match="early_pause_s"):
+        VADConfig(early_pause_s=-0.1)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,11 @@ Microphone chunks (any sample rate, any dtype, mono or stereo) go in; events
 come out: `speech_start` when the user has really started talking,
 `barge_in` when that happens while the assistant is speaking, and
 `end_of_turn` (with the utterance's audio at 16 kHz) once the user has been
-quiet for the pause.
+quiet for the pause. With `early_pause_s` set, a shorter silence inside a turn
+is reported first as `pause` (with the utterance so far, the very audio
+`end_of_turn` will carry if nothing more is said), and speech after it as
+`resume`: hands-free mode transcribes at the `pause`, so only what follows is
+left to do when the turn ends.
 
 Each 32 ms frame gets a speech probability from the process's voice-activity
 model (`voice_activity`: Silero VAD, or the numpy detector), and two thresholds
@@ -62,7 +66,7 @@ __all__ = [
     "to_mono_float",
 ]
 
-VADEventKind = Literal["speech_start", "barge_in", "end_of_turn"]
+VADEventKind = Literal["speech_start", "barge_in", "pause", "resume", "end_of_turn"]
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,17 @@ class VADConfig:
     max_turn_s: float = 300.0
     barge_in_min_speech_s: float = 0.25
     barge_in_window_s: float = 1.0
+    # A `pause` event after this much silence inside a turn (0: never). Taken as at
+    # least `tail_s`, so the audio it carries is what `end_of_turn` would carry; no
+    # event when it is not shorter than `pause_s`.
+    early_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("pause_s", "min_speech_s", "max_turn_s", "barge_in_window_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"VADConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.early_pause_s < 0:
+            raise ValueError(f"VADConfig.early_pause_s must be >= 0, got {self.early_pause_s!r}")
         if not 0 < self.hold_threshold <= self.start_threshold < 1:
             raise ValueError(
                 "VADConfig needs 0 < hold_threshold <= start_threshold < 1, got "
@@ -98,7 +108,8 @@ class VADEvent:
     at_s: float
     speech_start_s: float = 0.0
     speech_end_s: float = 0.0
-    audio: np.ndarray | None = field(default=None, repr=False)  # end_of_turn: 16 kHz float32
+    # end_of_turn and pause: the utterance (so far), 16 kHz float32
+    audio: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def speech_s(self) -> float:
@@ -118,7 +129,8 @@ class TurnDetector:
     """Streaming end-of-turn and barge-in detector over microphone chunks.
 
     Args:
-        config: thresholds; `pause_s` defaults to `settings.vad_pause_seconds`.
+        config: thresholds; default `pause_s` = `settings.vad_pause_seconds` and
+            `early_pause_s` = `settings.vad_early_pause_seconds`.
         pause_s: shortcut to override `config.pause_s`.
         model: the voice-activity model; default the process's (`voice_activity.load_model`).
 
@@ -142,7 +154,9 @@ class TurnDetector:
             # longest hands-free turn would be refused as too long.
             max_turn = settings.max_audio_seconds - VADConfig.preroll_s - 0.5
             config = VADConfig(
-                pause_s=settings.vad_pause_seconds, max_turn_s=max(1.0, min(300.0, max_turn))
+                pause_s=settings.vad_pause_seconds,
+                max_turn_s=max(1.0, min(300.0, max_turn)),
+                early_pause_s=settings.vad_early_pause_seconds,
             )
         if pause_s is not None:
             config = VADConfig(**{**config.__dict__, "pause_s": pause_s})
@@ -169,6 +183,9 @@ class TurnDetector:
         self._frames = 0
         self._preroll_frames = _frames(self.config.preroll_s)
         self._preroll: deque[np.ndarray] = deque(maxlen=self._preroll_frames)
+        early = self.config.early_pause_s
+        pause_frames = max(_frames(early), _frames(self.config.tail_s)) if early > 0 else 0
+        self._early_frames = pause_frames if pause_frames < _frames(self.config.pause_s) else 0
         self._clear_candidate()
 
     @property
@@ -228,6 +245,7 @@ class TurnDetector:
         self._quiet_run = 0
         self._start_frame = 0
         self._last_speech_frame = 0
+        self._paused = False  # a `pause` was reported and no speech has come since
         self._user_frames: deque[bool] = deque(maxlen=_frames(self.config.barge_in_window_s))
 
     def _step(self, frame: np.ndarray) -> list[VADEvent]:
@@ -265,6 +283,12 @@ class TurnDetector:
         if (index - self._start_frame) * FRAME_S >= cfg.max_turn_s:
             log.info("turn reached the %.0f s limit; ending it", cfg.max_turn_s)
             return [self._end_turn()]
+        if self._early_frames and self._quiet_run == self._early_frames:
+            self._paused = True
+            return [self._event("pause")]
+        if holds and self._paused:
+            self._paused = False
+            return [VADEvent("resume", self.stream_s, speech_start_s=self._start_frame * FRAME_S)]
         return []
 
     def _maybe_confirm(self, speaking: bool) -> list[VADEvent]:
@@ -288,18 +312,21 @@ class TurnDetector:
             log.info("barge-in at %.2f s (%s)", self.stream_s, self.backend)
         return events
 
-    def _end_turn(self) -> VADEvent:
-        cfg = self.config
-        tail = _frames(cfg.tail_s)
+    def _event(self, kind: VADEventKind) -> VADEvent:
+        """`kind` with the utterance so far: its speech and `tail_s` of the silence after it."""
+        tail = _frames(self.config.tail_s)
         keep = len(self._buffer) - max(0, self._quiet_run - tail)
         audio = np.concatenate(self._buffer[:keep]) if keep > 0 else np.zeros(0, np.float32)
-        event = VADEvent(
-            "end_of_turn",
+        return VADEvent(
+            kind,
             self.stream_s,
             speech_start_s=self._start_frame * FRAME_S,
             speech_end_s=(self._last_speech_frame + 1) * FRAME_S,
             audio=audio.astype(np.float32, copy=False),
         )
+
+    def _end_turn(self) -> VADEvent:
+        event = self._event("end_of_turn")
         log.debug("end of turn: %.2f s of speech", event.speech_s)
         # The next turn's pre-roll is what was heard last, not what preceded this turn.
         self._preroll.clear()

@@ -224,6 +224,11 @@ VARIABLES: tuple[Variable, ...] = (
         "VAD_PAUSE_SECONDS", "0.6", "Hands-free mode: silence that ends the user's turn (seconds)."
     ),
     Variable(
+        "VAD_EARLY_PAUSE_SECONDS",
+        "0.2",
+        "Hands-free mode: silence inside a turn after which the words so far are transcribed, so the turn finds them ready when it ends (seconds; 0 = transcribe only when the turn ends).",
+    ),
+    Variable(
         "VAD_BACKEND",
         "auto",
         "Voice activity (speech gate, hands-free, barge-in): auto = Silero VAD when it loads, else the numpy detector; numpy = the numpy detector only.",
@@ -356,6 +361,7 @@ class Settings:
     max_audio_seconds: float
     max_text_chars: int
     vad_pause_seconds: float
+    vad_early_pause_seconds: float
     vad_backend: VADBackendName
     server_host: str
     server_port: int
@@ -603,6 +609,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_text_chars=int(_number("MAX_TEXT_CHARS", text("MAX_TEXT_CHARS"), int, 1, 10_000_000)),
         vad_pause_seconds=float(
             _number("VAD_PAUSE_SECONDS", text("VAD_PAUSE_SECONDS"), float, 0.1, 10)
+        ),
+        vad_early_pause_seconds=float(
+            _number("VAD_EARLY_PAUSE_SECONDS", text("VAD_EARLY_PAUSE_SECONDS"), float, 0, 10)
         ),
         vad_backend=_choice("VAD_BACKEND", text("VAD_BACKEND"), ("auto", "numpy")),  # type: ignore[arg-type]
         server_host=text("MODEL_SERVER_HOST").strip(),

@@ -46,12 +46,21 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
+import numpy as np
+
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.config import Settings
 from voice_agent.core.errors import BusyError, InputError, ModelUnavailableError
 from voice_agent.llm.base import ChatMessage, GenerationSettings
 from voice_agent.pipeline.act import FILLER, FILLER_AFTER_S, Acting
-from voice_agent.pipeline.hear import NO_SPEECH_HINT, Heard, hear_audio, hear_text, stt_unavailable
+from voice_agent.pipeline.hear import (
+    NO_SPEECH_HINT,
+    EarlyHearing,
+    Heard,
+    hear_audio,
+    hear_text,
+    stt_unavailable,
+)
 from voice_agent.pipeline.models import LoadedModels, get_models
 from voice_agent.pipeline.relay import WORKER_JOIN_S, Relay, Relayed
 from voice_agent.pipeline.speak import (
@@ -342,6 +351,7 @@ class Agent:
         cancel: CancelToken | None = None,
         speech_ended_at: float | None = None,
         speak: bool = True,
+        early: EarlyHearing | None = None,
     ) -> Iterator[TurnEvent]:
         """Run one turn and yield its events as they happen.
 
@@ -353,6 +363,9 @@ class Agent:
             speech_ended_at: `time.perf_counter()` when the user stopped speaking
                 (hands-free knows it); default: now.
             speak: False for a reply in text only (no TTS, no filler).
+            early: `audio` heard ahead (`hear_early`, hands-free): its words are used when
+                it heard this very audio and came to a result (waiting for it if it is
+                still running); otherwise the turn transcribes as usual. Discarded after.
         """
         clock = TurnClock(speech_ended_at if speech_ended_at is not None else time.perf_counter())
         timings = TurnTimings(session_id=session.id, input="audio" if audio is not None else "text")
@@ -371,13 +384,15 @@ class Agent:
         timings.turn = session.turns
         finished = False
         try:
-            yield from self._turn_events(session, turn, timings, clock, audio, text, speak)
+            yield from self._turn_events(session, turn, timings, clock, audio, text, speak, early)
             finished = True
         finally:
             if not finished:
                 # The caller closed the generator (client gone) or an error escaped: stop
                 # the workers; the words so far are kept as an interrupted reply.
                 token.cancel("closed")
+            if early is not None:
+                early.discard()  # used or not, nothing may take it again
             self._leave(session, turn, interrupted=True)
 
     def _enter(self, session: Session, turn: _Turn) -> None:
@@ -452,12 +467,13 @@ class Agent:
         audio: AudioInput | None,
         text: str | None,
         speak: bool = True,
+        early: EarlyHearing | None = None,
     ) -> Iterator[TurnEvent]:
         token = turn.token
 
         # 1. Hear: the user's words.
         try:
-            heard = self._hear(audio, text, token, timings)
+            heard = self._hear(audio, text, token, timings, early)
         except StageError as exc:
             yield self._error(exc.error, timings, clock, exc.code, exc.message)
             return
@@ -597,10 +613,25 @@ class Agent:
         return (yield from relay.events(turn.parts, cancel=token, stopped=speech.is_set))
 
     def _hear(
-        self, audio: AudioInput | None, text: str | None, token: CancelToken, timings: TurnTimings
+        self,
+        audio: AudioInput | None,
+        text: str | None,
+        token: CancelToken,
+        timings: TurnTimings,
+        early: EarlyHearing | None = None,
     ) -> Heard:
         if audio is None:
             return hear_text(text, self.settings)
+        if early is not None:
+            heard = early.result(audio, token)
+            if heard is not None:
+                timings.stt_s = early.stt_s
+                timings.heard_early = True
+                return heard
+            if early.failure:
+                log.info(
+                    "transcribing the turn: the early transcription had none (%s)", early.failure
+                )
         try:
             stt = self.models.require("stt")
         except ModelUnavailableError as exc:
@@ -608,6 +639,23 @@ class Agent:
         return hear_audio(
             audio, stt, self.models.gates["stt"], self.settings, cancel=token, timings=timings
         )
+
+    def hear_early(
+        self, samples: np.ndarray, *, after: EarlyHearing | None = None
+    ) -> EarlyHearing | None:
+        """Start hearing hands-free speech (16 kHz mono float32) before its turn ends.
+
+        The job transcribes on a worker, only while the STT engine is free; pass it to
+        `run_turn(early=...)`. `after` is the microphone's previous job (discarded).
+        None when no speech recogniser is ready (a loading or failed one is the turn's
+        to report).
+        """
+        if self.models.status.get("stt") != "ready":
+            if after is not None:
+                after.discard()
+            return None
+        stt = self.models.require("stt")
+        return EarlyHearing(samples, stt, self.models.gates["stt"], self.settings, after=after)
 
     def transcribe(self, audio: AudioInput) -> str:
         """The words in a recording, as a turn hears them (same checks, speech gate and STT

@@ -5,6 +5,10 @@ once per turn; what passes goes to the STT engine as a `Speech` value, which
 the engine neither decodes nor gates again. Silence and noise never reach the
 engine. Typed text is checked against `MAX_TEXT_CHARS`.
 
+Hands-free mode can hear a recording early: `EarlyHearing` does the same work
+on a worker while the user is still pausing (before the turn detector ends the
+turn), and the turn takes its `Heard` when the audio is the same.
+
 Every failure is a `StageError` with the code and words the turn's `error`
 event carries.
 """
@@ -12,12 +16,16 @@ event carries.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from voice_agent.audio.gate import is_speech
 from voice_agent.audio.io import SAMPLE_RATE, load_audio
+from voice_agent.core.cancel import CancelToken, is_cancelled
 from voice_agent.core.config import Settings
 from voice_agent.core.errors import (
     BusyError,
@@ -26,8 +34,8 @@ from voice_agent.core.errors import (
     ModelUnavailableError,
 )
 from voice_agent.core.threads import CPU_CORES
-from voice_agent.pipeline.admission import EngineGate
-from voice_agent.pipeline.turn import StageCancelled, StageError, TurnTimings
+from voice_agent.pipeline.admission import POLL_S, EngineGate
+from voice_agent.pipeline.turn import StageCancelled, StageError, TurnTimings, reason
 from voice_agent.stt.base import AudioInput, Speech, STTEngine
 
 log = logging.getLogger(__name__)
@@ -102,10 +110,12 @@ def hear_audio(
     *,
     cancel: object,
     timings: TurnTimings,
+    timeout_s: float | None = None,
 ) -> Heard:
     """The words in a recording: decoded and gated here, transcribed under the STT gate.
 
-    Records `timings.stt_s` (the engine's time, not the wait for it).
+    Records `timings.stt_s` (the engine's time, not the wait for it). `timeout_s` is
+    the longest wait for the engine (default MODEL_SERVER_TIMEOUT_S).
 
     Raises:
         StageError: bad audio, a busy or failing engine.
@@ -118,7 +128,8 @@ def hear_audio(
     if speech is None:
         return Heard("")
     try:
-        held = gate.enter(timeout_s=settings.server_timeout_s, cancel=cancel)
+        wait_s = settings.server_timeout_s if timeout_s is None else timeout_s
+        held = gate.enter(timeout_s=wait_s, cancel=cancel)
     except BusyError as exc:
         raise StageError(exc, "busy") from exc
     if held is None:
@@ -144,3 +155,130 @@ def hear_audio(
 def stt_unavailable(exc: ModelUnavailableError) -> StageError:
     """The error of a spoken turn without a speech recogniser."""
     return StageError(exc, "stt_unavailable", f"{exc} Type your message instead.")
+
+
+class EarlyHearing:
+    """The words of a hands-free utterance, heard on a worker before its turn starts.
+
+    Hands-free mode starts one when the user has paused briefly (the turn
+    detector's `pause`), with the utterance so far. When the turn then ends with
+    nothing more said, its audio is the same, and the turn takes this `Heard`
+    (`Agent.run_turn(early=...)`) instead of transcribing again: only the wait
+    for the end of the pause is left between the user's last word and the reply.
+
+    The work is `hear_audio`'s: the same checks, speech gate and engine, under
+    the STT gate. Being a guess, it never waits in line there: it runs only when
+    nobody runs or waits on the engine (another conversation's turn or a REST
+    request then waits at most for this one transcription), and after the job
+    it replaces (`after`), whose engine work cannot be stopped, has finished.
+    Anything that leaves it without a result (the engine busy, a failure,
+    `discard`) leaves the turn to transcribe as usual.
+
+    Args:
+        samples: the utterance so far, 16 kHz mono float32.
+        stt, gate, settings: the engine, its gate and the settings, as for `hear_audio`.
+        after: the previous job of the same microphone (it is discarded).
+    """
+
+    def __init__(
+        self,
+        samples: np.ndarray,
+        stt: STTEngine,
+        gate: EngineGate,
+        settings: Settings,
+        *,
+        after: EarlyHearing | None = None,
+    ) -> None:
+        self.samples = samples
+        self.stt_s: float | None = None
+        self.failure = ""  # why there is no result, when there is none
+        self._heard: Heard | None = None
+        self._token = CancelToken()
+        self._done = threading.Event()
+        if after is not None:
+            after.discard()
+        worker = threading.Thread(
+            target=self._run, args=(stt, gate, settings, after), name="early-hearing", daemon=True
+        )
+        worker.start()
+
+    @property
+    def discarded(self) -> bool:
+        return self._token.cancelled
+
+    @property
+    def done(self) -> bool:
+        """The worker has finished (with a result or without one)."""
+        return self._done.is_set()
+
+    def discard(self) -> None:
+        """The result will not be used: the work stops unless the engine already has it."""
+        self._token.cancel("discarded")
+
+    def made_from(self, audio: object) -> bool:
+        """Whether `audio` (`(16000, samples)` or a bare 16 kHz array) is what was heard."""
+        if isinstance(audio, tuple) and len(audio) == 2:
+            rate, samples = audio
+        elif isinstance(audio, np.ndarray):
+            rate, samples = SAMPLE_RATE, audio
+        else:
+            return False
+        if rate != SAMPLE_RATE or not isinstance(samples, np.ndarray):
+            return False
+        return samples.shape == self.samples.shape and np.array_equal(samples, self.samples)
+
+    def result(self, audio: object, cancel: object) -> Heard | None:
+        """The words, when this heard `audio` and came to a result; None otherwise.
+
+        Waits for a worker still running (it is ahead of anything the turn could do).
+
+        Raises:
+            StageCancelled: `cancel` fired while waiting (this job is discarded too).
+        """
+        if self.discarded or not self.made_from(audio):
+            self.discard()
+            return None
+        while not self._done.wait(POLL_S):
+            if is_cancelled(cancel):
+                self.discard()
+                raise StageCancelled
+        return self._heard
+
+    def _run(
+        self, stt: STTEngine, gate: EngineGate, settings: Settings, after: EarlyHearing | None
+    ) -> None:
+        try:
+            if after is not None and not self._wait_for(after):
+                return
+            if gate.admitted:
+                self.failure = "the speech recogniser is busy"
+                return
+            timings = TurnTimings()
+            self._heard = hear_audio(
+                (SAMPLE_RATE, self.samples),
+                stt,
+                gate,
+                settings,
+                cancel=self._token,
+                timings=timings,
+                timeout_s=0.0,
+            )
+            self.stt_s = timings.stt_s
+        except StageCancelled:
+            self.failure = "discarded"
+        except StageError as exc:
+            self.failure = exc.message or str(exc.error)
+        except Exception as exc:  # a guess that failed; the turn transcribes as usual
+            log.exception("early transcription failed")
+            self.failure = reason(exc)
+        finally:
+            self._done.set()
+
+    def _wait_for(self, other: EarlyHearing) -> bool:
+        """Wait until `other` has finished; False when this one is discarded meanwhile."""
+        while not other._done.wait(POLL_S) and not self.discarded:
+            pass
+        if self.discarded:
+            self.failure = "discarded"
+            return False
+        return True

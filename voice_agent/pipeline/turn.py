@@ -36,7 +36,9 @@ class TurnTimings:
     A turn that calls tools also has `tool_calls`, `tool_s` (time the tools ran),
     `filler_at` (when "One moment." went to the voice, if a tool ran long),
     `answer_token` and `answer_audio` (the first word and first sound of the answer
-    written after the tools; `first_audio` may be the filler's).
+    written after the tools; `first_audio` may be the filler's). `heard_early`: the
+    transcript was made while the user paused, before the turn ended (hands-free,
+    `hear.EarlyHearing`); `stt_s` is then that transcription's time.
     """
 
     transcript_ready: float | None = None
@@ -59,6 +61,7 @@ class TurnTimings:
     reply_chars: int = 0
     audio_s: float = 0.0  # seconds of speech produced
     interrupted: bool = False
+    heard_early: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -73,6 +73,10 @@ class UISession:
         self.detector_pause: float | None = None
         self.utterances: list[np.ndarray] = []
         self.speech_ended_at: float | None = None  # perf_counter time the last utterance ended
+        # Words heard ahead (`Agent.hear_early`): of the utterance being spoken, at the
+        # user's last short pause; and of the queued utterance, which its turn takes.
+        self.early: Any | None = None
+        self.early_queued: Any | None = None
         self.utterance_seq = 0
         self.interrupt_seq = 0
         self.speaking_until = 0.0  # monotonic time the assistant's audio is expected to end
@@ -96,6 +100,22 @@ class TurnControls:
     temperature: float | None = None
     max_tokens: int | None = None
     voice: str | None = None
+
+
+@dataclass
+class Utterance:
+    """Hands-free speech queued for a turn (`Conversation.take_utterance`).
+
+    Attributes:
+        audio: `(16000, samples)`, the utterances spoken since the last turn, joined.
+        ended_at: `time.perf_counter()` when the user stopped talking (for the latency line).
+        early: its words heard ahead (`Agent.hear_early`), for `run_turn(early=...)`;
+            the turn uses them only when they were heard from this very audio.
+    """
+
+    audio: tuple[int, np.ndarray]
+    ended_at: float | None = None
+    early: Any | None = None
 
 
 def wav_bytes(sample_rate: int, samples: np.ndarray) -> bytes:
@@ -212,6 +232,7 @@ class Conversation:
         if isinstance(ui, UISession):
             if ui.cancel is not None:
                 ui.cancel.cancel("tab closed")
+            self._drop_early(ui)
             self.channels.close(ui.audio)
             ui.audio = None
 
@@ -225,6 +246,7 @@ class Conversation:
         text: str | None = None,
         audio: Any | None = None,
         speech_ended_at: float | None = None,
+        early: Any | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], str | None, str]]:
         """Run one turn, yielding (chat, audio, status text).
 
@@ -233,9 +255,12 @@ class Conversation:
         goes to the page's player as it is made (`ui.audio`, when the page is
         connected; `ui.played_live` then says so). The chat is the session's own
         list, updated in place as the transcript, reply text and latency arrive.
+        `early`: the audio's words heard ahead (hands-free, `Utterance.early`).
         """
         spoken = audio is not None
         if not ui.turn_lock.acquire(timeout=TURN_HANDOVER_S):
+            if early is not None:
+                early.discard()
             yield ui.chat, None, "Still answering the previous message: press Stop first."
             return
         token = CancelToken()
@@ -263,7 +288,11 @@ class Conversation:
             yield ui.chat, None, "Listening…" if spoken else "Thinking…"
             agent = self.agent
             apply_controls(agent, ui.session, controls)
-            extra = {"speech_ended_at": speech_ended_at} if speech_ended_at is not None else {}
+            extra: dict[str, Any] = {}
+            if speech_ended_at is not None:
+                extra["speech_ended_at"] = speech_ended_at
+            if early is not None:
+                extra["early"] = early
             turn = agent.run_turn(ui.session, audio=audio, text=text, cancel=token, **extra)
             # While the turn waits behind other conversations, say so, with its place.
             gates = getattr(getattr(agent, "models", None), "gates", None) or {}
@@ -320,6 +349,8 @@ class Conversation:
                 close = getattr(events, "close", None)
                 if callable(close):
                     close()
+            if early is not None:
+                early.discard()  # a turn that ended before hearing must not leave it running
             ui.cancel = None
             ui.turn_lock.release()
         exchange.assistant = reply
@@ -394,6 +425,7 @@ class Conversation:
         ui.chat.clear()
         if ui.audio is not None:
             ui.audio.flush()
+        self._drop_early(ui)
         fresh = UISession(self._agent_session(), ui.audio)  # the page keeps its audio stream
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
         if hasattr(fresh.session, "allow_actions"):  # consent is the tab's, not the chat's
@@ -489,34 +521,70 @@ class Conversation:
                         log.debug("agent.cancel failed", exc_info=True)
                 ui.interrupt_seq += 1
                 interrupted = True
+            elif event.kind == "pause" and event.audio is not None and event.audio.size:
+                self._hear_early(ui, event.audio)
+            elif event.kind == "resume" and ui.early is not None:
+                ui.early.discard()  # more words are coming: that transcript is not the turn's
             elif event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
-                ui.utterances.append(event.audio)
-                ui.utterance_seq += 1
-                ui.speech_ended_at = time.perf_counter() - event.silence_s
-                ui.hands_free_status = "Thinking…"
+                self.queue_utterance(ui, event)
                 ended = True
         if not ended and not detector.in_speech and not ui.busy:
             ui.hands_free_status = "Listening — just talk; a pause ends your turn."
         return ended, interrupted
 
-    def take_utterance(self, ui: UISession) -> tuple[int, np.ndarray] | None:
-        """The queued hands-free speech (joined, 16 kHz), or None.
+    def queue_utterance(self, ui: UISession, event: Any) -> None:
+        """An `end_of_turn`: its speech waits for the turn (`take_utterance`), with the
+        words heard at its last pause when they are its words."""
+        early, ui.early = ui.early, None
+        if ui.early_queued is not None:
+            # Speech already waits: the turn hears both joined, which no guess heard.
+            ui.early_queued.discard()
+            ui.early_queued = None
+        if early is not None and not ui.utterances and early.made_from(event.audio):
+            ui.early_queued = early
+        elif early is not None:
+            early.discard()
+        ui.utterances.append(event.audio)
+        ui.utterance_seq += 1
+        ui.speech_ended_at = time.perf_counter() - event.silence_s
+        ui.hands_free_status = "Thinking…"
 
-        `ui.speech_ended_at` says when the user stopped talking (for the latency line).
-        """
+    def _hear_early(self, ui: UISession, samples: np.ndarray) -> None:
+        """The user paused: start hearing the utterance so far, in place of the last guess."""
+        hear_early = getattr(self.agent, "hear_early", None)
+        if not callable(hear_early):  # an agent without it: every turn transcribes
+            return
+        try:
+            ui.early = hear_early(samples, after=ui.early)
+        except Exception:  # a guess; the turn transcribes as usual
+            log.warning("could not start the early transcription", exc_info=True)
+            self._drop_early(ui)
+
+    @staticmethod
+    def _drop_early(ui: UISession) -> None:
+        """Discard every guess of this tab (none may be used any more)."""
+        for early in (ui.early, ui.early_queued):
+            if early is not None:
+                early.discard()
+        ui.early = ui.early_queued = None
+
+    def take_utterance(self, ui: UISession) -> Utterance | None:
+        """The queued hands-free speech (joined, 16 kHz) and its early words, or None."""
         from voice_agent.audio.vad import SAMPLE_RATE
 
         if not ui.utterances:
             return None
         audio = np.concatenate(ui.utterances)
         ui.utterances.clear()
-        return SAMPLE_RATE, audio
+        early, ui.early_queued = ui.early_queued, None
+        return Utterance((SAMPLE_RATE, audio), ui.speech_ended_at, early)
 
     def stop_listening(self, ui: UISession) -> None:
         """Hands-free switched off or the microphone stopped: drop the detector state."""
         if ui.detector is not None:
             ui.detector.reset()
         ui.utterances.clear()
+        self._drop_early(ui)
         ui.hands_free_status = ""
 
 

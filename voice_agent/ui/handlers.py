@@ -203,11 +203,15 @@ class Handlers:
     def hands_free_turn(self, ui: UISession | None, *controls: Any):
         if not isinstance(ui, UISession):
             return
-        audio = self.conversation.take_utterance(ui)
-        if audio is None:
+        utterance = self.conversation.take_utterance(ui)
+        if utterance is None:
             return
         for chat, reply, status in self.conversation.run_turn(
-            ui, self._controls(*controls), audio=audio, speech_ended_at=ui.speech_ended_at
+            ui,
+            self._controls(*controls),
+            audio=utterance.audio,
+            speech_ended_at=utterance.ended_at,
+            early=utterance.early,
         ):
             yield chat, _player(ui, reply), status
         if ui.detector is not None:
@@ -286,8 +290,7 @@ class Handlers:
         ended = False
         for event in ui.detector.flush():
             if event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
-                ui.utterances.append(event.audio)
-                ui.utterance_seq += 1
+                self.conversation.queue_utterance(ui, event)
                 ended = True
         ui.hands_free_status = "Microphone off."
         return ui.hands_free_status, ui.utterance_seq if ended else gr.skip()
