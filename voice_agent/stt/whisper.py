@@ -1,6 +1,8 @@
-"""Whisper speech to text through transformers, loaded by the project's strategy chain.
+"""Whisper speech to text, loaded by the project's strategy chain.
 
-Loading tries, in order: the manual `WhisperForConditionalGeneration` +
+`STT_BACKEND=auto` on the CPU first tries CTranslate2 with int8 weights
+(`whisper_ct2`, skipped with the reason when the package is missing); the
+transformers strategies follow. With transformers, loading tries, in order: the manual `WhisperForConditionalGeneration` +
 `WhisperProcessor` load (full control over decoding), then transformers'
 `automatic-speech-recognition` pipeline (which also loads non-Whisper
 recognisers such as wav2vec2 CTC checkpoints). On CUDA both run in fp16 and the
