@@ -23,6 +23,10 @@ from voice_agent.core.errors import BusyError, InputError, ModelLoadError
 from voice_agent.stt.base import STTEngine, Transcript
 from voice_agent.testing import tiny_whisper
 
+# These tests are about the transformers backend (test_stt_ct2.py has CTranslate2's); the
+# CLI tests below take STT_BACKEND=auto.
+TRANSFORMERS = {"STT_BACKEND": "transformers"}
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -49,7 +53,9 @@ def settings(monkeypatch: pytest.MonkeyPatch):
 def engine(checkpoints):
     from voice_agent.stt.whisper import WhisperSTT
 
-    return WhisperSTT(str(checkpoints["multi"]), load_settings({"HF_HUB_OFFLINE": "1"}))
+    return WhisperSTT(
+        str(checkpoints["multi"]), load_settings({**TRANSFORMERS, "HF_HUB_OFFLINE": "1"})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +160,7 @@ def test_language_auto_detects_and_bad_language_is_an_input_error(engine, hello_
 def test_english_only_model(checkpoints, hello_path):
     from voice_agent.stt.whisper import WhisperSTT
 
-    stt = WhisperSTT(str(checkpoints["english"]), load_settings({}), warmup=False)
+    stt = WhisperSTT(str(checkpoints["english"]), load_settings(TRANSFORMERS), warmup=False)
     assert not stt.backend.multilingual
     assert stt.transcribe(hello_path, language="auto").language == "en"
     with pytest.raises(InputError, match="English only"):
@@ -185,7 +191,7 @@ def test_word_timings(engine, hello_path):
 def test_bad_audio_errors_pass_through(engine, hello):
     with pytest.raises(InvalidAudioError):
         engine.transcribe(b"definitely not audio" * 50)
-    short_limit = load_settings({"MAX_AUDIO_SECONDS": "2"})
+    short_limit = load_settings({**TRANSFORMERS, "MAX_AUDIO_SECONDS": "2"})
     from voice_agent.stt.whisper import WhisperSTT
 
     limited = WhisperSTT(engine.model_id, short_limit, warmup=False)
@@ -196,7 +202,9 @@ def test_bad_audio_errors_pass_through(engine, hello):
 def test_busy_engine_raises_busy_error_after_bounded_wait(checkpoints, hello):
     from voice_agent.stt.whisper import WhisperSTT
 
-    stt = WhisperSTT(str(checkpoints["multi"]), load_settings({}), warmup=False, busy_timeout_s=0.2)
+    stt = WhisperSTT(
+        str(checkpoints["multi"]), load_settings(TRANSFORMERS), warmup=False, busy_timeout_s=0.2
+    )
     release = threading.Event()
     holder = threading.Thread(
         target=lambda: (stt._lock.acquire(), release.wait(), stt._lock.release())
@@ -229,7 +237,7 @@ def test_pipeline_fallback_when_the_manual_load_fails(checkpoints, hello_path):
     """A non-Whisper recogniser makes the manual strategy fail for real; the pipeline loads it."""
     from voice_agent.stt.whisper import WhisperSTT
 
-    stt = WhisperSTT(str(checkpoints["ctc"]), load_settings({}))
+    stt = WhisperSTT(str(checkpoints["ctc"]), load_settings(TRANSFORMERS))
     outcomes = [(a.strategy, a.outcome) for a in stt.report.attempts]
     assert outcomes == [("manual-cpu-fp32", "failed"), ("pipeline-cpu-fp32", "chosen")]
     assert "not a Whisper checkpoint" in stt.report.attempts[0].error
@@ -242,7 +250,9 @@ def test_pipeline_fallback_when_the_manual_load_fails(checkpoints, hello_path):
 def test_pipeline_strategy_on_whisper_short_long_and_words(checkpoints, hello):
     from voice_agent.stt.whisper import WhisperSTT
 
-    stt = WhisperSTT(str(checkpoints["multi"]), load_settings({}), strategies=("pipeline",))
+    stt = WhisperSTT(
+        str(checkpoints["multi"]), load_settings(TRANSFORMERS), strategies=("pipeline",)
+    )
     assert stt.report.chosen.strategy == "pipeline-cpu-fp32"
     assert stt.transcribe(hello, language="fr").language == "fr"
     long = stt.transcribe(np.concatenate([hello] * 9))  # 30.8 s: long-form
@@ -256,7 +266,7 @@ def test_every_strategy_failing_raises_with_the_report(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper"}))
     with pytest.raises(ModelLoadError) as info:
-        WhisperSTT(str(tmp_path), load_settings({}))
+        WhisperSTT(str(tmp_path), load_settings(TRANSFORMERS))
     report = info.value.report
     assert [a.outcome for a in report.attempts] == ["failed", "failed"]
     assert "manual-cpu-fp32" in str(info.value) and "pipeline-cpu-fp32" in str(info.value)
@@ -270,7 +280,9 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(checkpoints):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the fallback path needs a CPU-only torch")
     stt = WhisperSTT(
-        str(checkpoints["multi"]), load_settings({"WHISPER_DEVICE": "cuda"}), warmup=False
+        str(checkpoints["multi"]),
+        load_settings({**TRANSFORMERS, "WHISPER_DEVICE": "cuda"}),
+        warmup=False,
     )
     skipped = [a for a in stt.report.attempts if a.outcome == "skipped"]
     assert [a.strategy for a in skipped] == ["manual-cuda-fp16", "pipeline-cuda-fp16"]
@@ -296,7 +308,9 @@ def test_bad_stt_language_setting_fails_at_load(checkpoints):
     from voice_agent.stt.whisper import WhisperSTT
 
     with pytest.raises(SettingsError, match="STT_LANGUAGE='elvish'.*Unknown language"):
-        WhisperSTT(str(checkpoints["multi"]), load_settings({"STT_LANGUAGE": "elvish"}))
+        WhisperSTT(
+            str(checkpoints["multi"]), load_settings({**TRANSFORMERS, "STT_LANGUAGE": "elvish"})
+        )
 
 
 # --- CLI ------------------------------------------------------------------------------------------

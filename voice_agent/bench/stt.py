@@ -6,6 +6,9 @@ the real engine, each in a fresh process, and decode a 10 s speech clip with a
 fixed length of 40 tokens (about what 10 s of speech transcribes to), so the
 numbers compare sizes without depending on what random weights happen to say.
 Real-time factor = compute seconds / audio seconds; below 1 keeps up with speech.
+whisper-base.en is measured twice: through transformers (fp32) and through
+CTranslate2 (int8 weights, `STT_BACKEND=ctranslate2`, converted once inside the
+benchmark's folder; the conversion time is in `load_s`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ t0 = time.perf_counter()
 import transformers.models.whisper.modeling_whisper  # import cost is reported apart from loading
 import_s = time.perf_counter() - t0
 t0 = time.perf_counter()
-stt = WhisperSTT({path!r}, load_settings({{"HF_HUB_OFFLINE": "1"}}), warmup=False)
+stt = WhisperSTT({path!r}, load_settings({{"HF_HUB_OFFLINE": "1", "HF_HOME": {home!r}, "STT_BACKEND": {backend!r}}}), warmup=False)
 load_s = time.perf_counter() - t0
 assets = REPO_ROOT / "assets"
 clip = np.concatenate([load_audio(assets / "hello.wav"), load_audio(assets / "speech_pause_speech.wav")])
@@ -55,10 +58,12 @@ print(json.dumps({{"import_s": import_s, "load_s": load_s, "first_s": first_s, "
 """
 
 
-def measure(path: Path, repeats: int, threads: int) -> dict:
-    """Load + decode timings of the model at `path`, in a fresh process."""
+def measure(path: Path, repeats: int, threads: int, backend: str = "transformers") -> dict:
+    """Load + decode timings of the model at `path` on `backend`, in a fresh process."""
     code = CHILD.format(
         path=str(path),
+        home=str(path.parent / "hf-home"),
+        backend=backend,
         seconds=CLIP_SECONDS,
         tokens=DECODE_TOKENS,
         repeats=repeats,
@@ -68,7 +73,6 @@ def measure(path: Path, repeats: int, threads: int) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    from voice_agent.core.loading import count_parameters
     from voice_agent.testing.tiny_whisper import build_shaped
 
     repeats = 1 if quick else 3
@@ -81,27 +85,11 @@ def run(quick: bool = False) -> dict:
             t0 = time.perf_counter()
             path = build_shaped(Path(tmp) / size, size, english_only=True)
             build_s = time.perf_counter() - t0
-            result = measure(path, repeats, threads)
-            row: dict = {"model": f"whisper-{size}.en shape (random weights)"}
-            if "error" in result:
-                row["error"] = result["error"]
-                rows.append(row)
-                continue
-            row.update(
-                {
-                    "params_m": round(count_parameters(path)[0] / 1e6, 1),
-                    "import_s": round(result["import_s"], 2),
-                    "load_s": round(result["load_s"], 2),
-                    "first_decode_s": round(result["first_s"], 2),
-                    "decode_s": round(result["decode_s"], 2),
-                    "tokens": result["tokens"],
-                    "rtf": round(result["decode_s"] / CLIP_SECONDS, 3),
-                    "tokens_per_s": round(result["tokens"] / result["decode_s"], 1),
-                    "peak_rss_mb": result.get("peak_rss_mb"),
-                    "build_s": round(build_s, 1),
-                }
-            )
-            rows.append(row)
+            backends = ["transformers", "ctranslate2"] if size == "base" else ["transformers"]
+            for backend in backends:
+                rows.append(
+                    _row(size, path, backend, build_s, measure(path, repeats, threads, backend))
+                )
     return {
         "rows": rows,
         "clip_seconds": CLIP_SECONDS,
@@ -110,12 +98,37 @@ def run(quick: bool = False) -> dict:
         "repeats": repeats,
         "notes": (
             f"{CLIP_SECONDS:g} s speech clip, {DECODE_TOKENS} tokens forced (min = max new tokens), "
-            "greedy, fp32 on CPU, through WhisperSTT.decode (features + generate + detokenize). "
+            "greedy, on the CPU (backend column), through WhisperSTT.decode (features + generate + detokenize). "
             "rtf = decode seconds / audio seconds (median of the repeats after one untimed decode, "
             "first_decode_s); import_s = importing transformers' Whisper; load_s = WhisperSTT() "
             "from a local directory without warm-up."
         ),
     }
+
+
+def _row(size: str, path: Path, backend: str, build_s: float, result: dict) -> dict:
+    from voice_agent.core.loading import count_parameters
+
+    kind = "transformers fp32" if backend == "transformers" else "ctranslate2 int8"
+    row: dict = {"model": f"whisper-{size}.en shape (random weights)", "backend": kind}
+    if "error" in result:
+        row["error"] = result["error"]
+        return row
+    row.update(
+        {
+            "params_m": round(count_parameters(path)[0] / 1e6, 1),
+            "import_s": round(result["import_s"], 2),
+            "load_s": round(result["load_s"], 2),
+            "first_decode_s": round(result["first_s"], 2),
+            "decode_s": round(result["decode_s"], 2),
+            "tokens": result["tokens"],
+            "rtf": round(result["decode_s"] / CLIP_SECONDS, 3),
+            "tokens_per_s": round(result["tokens"] / result["decode_s"], 1),
+            "peak_rss_mb": result.get("peak_rss_mb"),
+            "build_s": round(build_s, 1),
+        }
+    )
+    return row
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Every environment variable the project reads is declared in `VARIABLES` below
 from __future__ import annotations
 
 import functools
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 Device = Literal["auto", "cpu", "cuda"]
 TTSBackendName = Literal["auto", "dia2", "dia", "piper", "vits"]
 VADBackendName = Literal["auto", "numpy"]
+STTBackendName = Literal["auto", "transformers", "ctranslate2"]
 LLMBackendName = Literal["transformers", "openai"]
 
 # The clips shipped with the project (warm-up, self-test), found from the package, not the cwd.
@@ -196,6 +198,11 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("STT_LANGUAGE", "en", "Transcription language code, or `auto` to detect."),
     Variable(
+        "STT_BACKEND",
+        "auto",
+        "auto | transformers | ctranslate2. auto = CTranslate2 int8 on the CPU when the ctranslate2 package is installed (the model is converted once, under HF_HOME/ctranslate2), transformers otherwise and on CUDA.",
+    ),
+    Variable(
         "TTS_BACKEND",
         "auto",
         "auto | dia2 | dia | piper | vits. auto = Dia2 on CUDA when it fits, else Piper (ONNX) on CPU, VITS (mms) as the last fallback.",
@@ -352,6 +359,7 @@ class Settings:
     stt_model_name: str | None
     whisper_device: Device
     stt_language: str
+    stt_backend: STTBackendName
     tts_backend: TTSBackendName
     tts_model_name: str | None
     tts_device: Device
@@ -593,6 +601,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stt_model_name=optional("STT_MODEL_NAME"),
         whisper_device=_choice("WHISPER_DEVICE", text("WHISPER_DEVICE"), devices),  # type: ignore[arg-type]
         stt_language=text("STT_LANGUAGE").strip().lower(),
+        stt_backend=_choice(
+            "STT_BACKEND", text("STT_BACKEND"), ("auto", "transformers", "ctranslate2")
+        ),  # type: ignore[arg-type]
         tts_backend=_choice(
             "TTS_BACKEND", text("TTS_BACKEND"), ("auto", "dia2", "dia", "piper", "vits")
         ),  # type: ignore[arg-type]
@@ -729,6 +740,10 @@ def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str
         settings.whisper_device == "auto" and cuda_available
     )
     stt = settings.stt_model_name or (DEFAULT_STT_CUDA if whisper_cuda else DEFAULT_STT_CPU)
+    stt_backend: str = settings.stt_backend
+    if stt_backend == "auto":
+        ct2 = importlib.util.find_spec("ctranslate2") is not None
+        stt_backend = "ctranslate2" if ct2 and not whisper_cuda else "transformers"
     backend = settings.tts_backend
     if backend == "auto":
         tts_cuda = settings.tts_device == "cuda" or (
@@ -740,6 +755,7 @@ def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str
         "llm": llm,
         "llm_backend": settings.llm_backend,
         "stt": stt,
+        "stt_backend": stt_backend,
         "tts": settings.tts_model_name or default_tts,
         "tts_backend": backend,
     }

@@ -108,6 +108,8 @@ def models_info(
         entry: dict[str, Any] = {"configured": configured[component]}
         if component == "tts":
             entry["backend"] = configured["tts_backend"]
+        if component == "stt":
+            entry["backend"] = configured["stt_backend"]
         served = component == "llm" and settings.llm_backend == "openai"
         if served:
             entry["backend"] = "openai"

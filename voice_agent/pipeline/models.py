@@ -75,7 +75,7 @@ def _load_stt(settings: Settings, progress: StepProgress) -> Any:
     from voice_agent.stt.whisper import WhisperSTT
 
     # Warm-up runs in `warm_up` below, so its progress is reported like the others'.
-    return WhisperSTT(settings=settings, warmup=False)
+    return WhisperSTT(settings=settings, warmup=False, progress=progress)  # conversion progress
 
 
 def _load_tts(settings: Settings, progress: StepProgress) -> Any:

@@ -1,6 +1,8 @@
-"""Whisper speech to text through transformers, loaded by the project's strategy chain.
+"""Whisper speech to text, loaded by the project's strategy chain.
 
-Loading tries, in order: the manual `WhisperForConditionalGeneration` +
+`STT_BACKEND=auto` on the CPU first tries CTranslate2 with int8 weights
+(`whisper_ct2`, skipped with the reason when the package is missing); the
+transformers strategies follow. With transformers, loading tries, in order: the manual `WhisperForConditionalGeneration` +
 `WhisperProcessor` load (full control over decoding), then transformers'
 `automatic-speech-recognition` pipeline (which also loads non-Whisper
 recognisers such as wav2vec2 CTC checkpoints). On CUDA both run in fp16 and the
@@ -21,9 +23,8 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,17 +36,30 @@ from voice_agent.core.config import (
     DEFAULT_STT_CUDA,
     Settings,
     SettingsError,
+    STTBackendName,
     get_settings,
 )
 from voice_agent.core.errors import BusyError, InputError
 from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
 from voice_agent.core.loading import LoadReport, Strategy, estimate_bytes, run_chain
+from voice_agent.core.threads import CPU_CORES
+from voice_agent.stt import whisper_ct2
+from voice_agent.stt.backend import (
+    CHUNK_SECONDS,
+    STRATEGY_KINDS,
+    Backend,
+    Decoded,
+    StrategyKind,
+    group_words,
+    is_multilingual,
+    language_tokens,
+)
 from voice_agent.stt.base import AudioInput, Speech, STTCapabilities, Transcript
+from voice_agent.stt.whisper_ct2 import Progress, Quantization
 
 log = logging.getLogger(__name__)
 
-StrategyKind = Literal["manual", "pipeline"]
-CHUNK_SECONDS = 30  # Whisper's window; longer audio is decoded window by window
+BACKENDS = ("auto", "transformers", "ctranslate2")
 WARMUP_CLIP = ASSETS_DIR / "hello.wav"
 WARMUP_TOKENS = 8
 WHY_CPU_DEFAULT = (
@@ -55,51 +69,11 @@ WHY_CPU_DEFAULT = (
 )
 
 
-@dataclass
-class Decoded:
-    """What a backend returns for one clip."""
-
-    text: str
-    language: str | None
-    words: list[tuple[str, float, float]] = field(default_factory=list)
-    tokens: int = 0  # generated tokens (manual backend; 0 when unknown)
-
-
-class Backend(Protocol):
-    """A loaded recogniser: the manual Whisper model or a transformers pipeline."""
-
-    kind: StrategyKind
-    multilingual: bool
-
-    def detect_language(self, samples: np.ndarray) -> str | None: ...
-
-    def decode(
-        self,
-        samples: np.ndarray,
-        *,
-        language: str | None,
-        words: bool = False,
-        generate_kwargs: dict[str, Any] | None = None,
-    ) -> Decoded: ...
-
-
-def _language_tokens(generation_config: Any) -> dict[int, str]:
-    """Token id -> language code, from a multilingual generation config."""
-    table = getattr(generation_config, "lang_to_id", None) or {}
-    return {int(i): token.strip("<|>") for token, i in table.items()}
-
-
-def _is_multilingual(generation_config: Any) -> bool:
-    flag = getattr(generation_config, "is_multilingual", None)
-    has_languages = bool(getattr(generation_config, "lang_to_id", None))
-    return has_languages if flag is None else bool(flag) and has_languages
-
-
 def _detect(model: Any, feature_extractor: Any, samples: np.ndarray) -> str | None:
     """Whisper's language detection on the first 30 s window."""
     import torch
 
-    ids = _language_tokens(model.generation_config)
+    ids = language_tokens(model.generation_config)
     if not ids:
         return None
     first = samples[: CHUNK_SECONDS * SAMPLE_RATE]
@@ -118,7 +92,7 @@ class ManualBackend:
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
         self.processor = processor
-        self.multilingual = _is_multilingual(model.generation_config)
+        self.multilingual = is_multilingual(model.generation_config)
 
     def detect_language(self, samples: np.ndarray) -> str | None:
         return _detect(self.model, self.processor.feature_extractor, samples)
@@ -184,31 +158,7 @@ class ManualBackend:
         return Decoded(text, language, found, tokens=int(sequences.shape[-1]))
 
     def _words(self, tokens: list[int], times: list[float]) -> list[tuple[str, float, float]]:
-        """Group text tokens into words; a token starting with a space starts a word.
-
-        `times[i]` is when token i starts (cross-attention alignment, DTW); a word
-        ends where its last token's successor starts.
-        """
-        tokenizer = self.processor.tokenizer
-        eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        words: list[tuple[str, float, float]] = []
-        current: list[int] = []
-        start = 0.0
-        for i, token in enumerate(tokens):
-            if token >= eot:  # prompt, special and timestamp tokens
-                continue
-            piece = tokenizer.decode([token])
-            if current and piece.startswith(" "):
-                end = times[i] if i < len(times) else times[-1]
-                words.append((tokenizer.decode(current).strip(), start, max(end, start)))
-                current = []
-            if not current:
-                start = float(times[i]) if i < len(times) else float(times[-1])
-            current.append(token)
-        if current:
-            end = float(times[-1])
-            words.append((tokenizer.decode(current).strip(), start, max(end, start)))
-        return [(w, round(s, 2), round(e, 2)) for (w, s, e) in words if w]
+        return group_words(self.processor.tokenizer, tokens, times)
 
 
 class PipelineBackend:
@@ -219,7 +169,7 @@ class PipelineBackend:
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
         self.is_whisper = pipe.model.config.model_type == "whisper"
-        self.multilingual = self.is_whisper and _is_multilingual(pipe.model.generation_config)
+        self.multilingual = self.is_whisper and is_multilingual(pipe.model.generation_config)
 
     def detect_language(self, samples: np.ndarray) -> str | None:
         if not self.is_whisper:
@@ -299,10 +249,17 @@ class WhisperSTT:
         model_name: hub id or local directory; default STT_MODEL_NAME, else
             `DEFAULT_STT_CUDA` on CUDA and `DEFAULT_STT_CPU` on the CPU.
         settings: defaults to the process settings.
-        strategies: loading strategies to try, in order ("manual", "pipeline").
+        backend: "auto", "transformers" or "ctranslate2"; default STT_BACKEND.
+            auto = CTranslate2 int8 first on the CPU (skipped with the reason when the
+            package is missing, failing over to transformers), transformers on CUDA.
+        strategies: loading strategies to try, in order ("ctranslate2", "manual",
+            "pipeline"); default: those of `backend`.
         warmup: decode the bundled clip once after loading.
         busy_timeout_s: how long `transcribe` waits for a running one before
             raising `BusyError` (default MODEL_SERVER_TIMEOUT_S).
+        ct2_quantization: the CTranslate2 conversion's weights ("float32" reproduces
+            transformers' fp32 decoding exactly; tests compare the two with it).
+        progress: told `(fraction, message)` about long loading work (the conversion).
 
     Raises:
         ModelLoadError: nothing could load the model; `.report` says why.
@@ -315,12 +272,17 @@ class WhisperSTT:
         model_name: str | None = None,
         settings: Settings | None = None,
         *,
-        strategies: Sequence[StrategyKind] = ("manual", "pipeline"),
+        backend: STTBackendName | None = None,
+        strategies: Sequence[StrategyKind] | None = None,
         warmup: bool = True,
         busy_timeout_s: float | None = None,
+        ct2_quantization: Quantization = "int8",
+        progress: Progress | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.device = choose_device(self.settings.whisper_device)
+        self.ct2_quantization: Quantization = ct2_quantization
+        self.progress = progress
         default = DEFAULT_STT_CUDA if self.device == "cuda" else DEFAULT_STT_CPU
         self.model_id = model_name or self.settings.stt_model_name or default
         self.report = LoadReport("stt", self.model_id)
@@ -347,7 +309,8 @@ class WhisperSTT:
             raise
         self.path = resolved.path
         self.report.resolved_path, self.report.source = str(resolved.path), resolved.source
-        self.backend: Backend = run_chain(self.report, self._strategies(strategies))
+        kinds = strategies or self._kinds(backend or self.settings.stt_backend)
+        self.backend: Backend = run_chain(self.report, self._strategies(kinds))
         self.loaded_device = self.report.chosen.device if self.report.chosen else self.device
         self.capabilities = STTCapabilities(languages=self._languages(), timestamps=True)
         if warmup:
@@ -355,20 +318,60 @@ class WhisperSTT:
 
     # --- loading ----------------------------------------------------------------------------
 
+    def _kinds(self, backend: str) -> tuple[StrategyKind, ...]:
+        """The strategies of an STT_BACKEND value, in order."""
+        if backend == "transformers":
+            return ("manual", "pipeline")
+        if backend == "ctranslate2":
+            if self.device == "cuda":
+                self.report.notes.append(
+                    "STT_BACKEND=ctranslate2 runs on the CPU here; WHISPER_DEVICE=cuda applies "
+                    "to the transformers backend."
+                )
+            return ("ctranslate2",)
+        if backend != "auto":
+            raise SettingsError(
+                f"STT_BACKEND={backend!r} is not valid; accepted values: {', '.join(BACKENDS)}."
+            )
+        if self.device == "cuda":
+            self.report.notes.append(
+                "STT_BACKEND=auto: transformers fp16 on CUDA (CTranslate2 is used on the CPU)."
+            )
+            return ("manual", "pipeline")
+        return ("ctranslate2", "manual", "pipeline")
+
     def _strategies(self, kinds: Sequence[StrategyKind]) -> list[Strategy[Backend]]:
         from voice_agent.core.hardware import cuda_free_bytes, ram_available_bytes
 
-        unknown = [k for k in kinds if k not in ("manual", "pipeline")]
+        unknown = [k for k in kinds if k not in STRATEGY_KINDS]
         if unknown:
-            raise ValueError(f"unknown STT strategies {unknown}; use 'manual' and/or 'pipeline'")
+            raise ValueError(
+                f"unknown STT strategies {unknown}; use {', '.join(map(repr, STRATEGY_KINDS))}"
+            )
+        out: list[Strategy[Backend]] = []
+        if "ctranslate2" in kinds:
+            out.append(
+                Strategy(
+                    name=f"ctranslate2-cpu-{self.ct2_quantization}",
+                    device="cpu",
+                    dtype="float32",  # activations; the weights are `quantization`
+                    quantization=self.ct2_quantization,
+                    load=self._load_ct2,
+                    # The conversion holds the fp32 checkpoint in memory.
+                    needed_bytes=partial(self._estimate, "float32"),
+                    free_bytes=ram_available_bytes,
+                    unavailable=whisper_ct2.unavailable,
+                )
+            )
         places: list[tuple[str, str]] = [("cpu", "float32")]
         if self.device == "cuda":
             # CPU fp32 stays as the fallback, so a busy or broken GPU degrades instead of failing.
             places.insert(0, ("cuda", "float16"))
-        out: list[Strategy[Backend]] = []
         for device, dtype in places:
             storage = "float16" if dtype == "float16" else "float32"
             for kind in kinds:
+                if kind == "ctranslate2":
+                    continue
                 out.append(
                     Strategy(
                         name=f"{kind}-{device}-{'fp16' if dtype == 'float16' else 'fp32'}",
@@ -391,6 +394,19 @@ class WhisperSTT:
             return estimate_bytes(self.path, storage)
         except (OSError, ValueError, KeyError):
             return None  # .bin-only checkpoints: no header to plan from; just try
+
+    def _load_ct2(self) -> Backend:
+        # All of this process's cores: CTranslate2 fixes its threads at load, and the
+        # transcript is the turn's only work between the end of speech and the LLM.
+        return whisper_ct2.load(
+            self.path,
+            self.model_id,
+            self.settings,
+            quantization=self.ct2_quantization,
+            threads=CPU_CORES.cores,
+            notes=self.report.notes,
+            progress=self.progress,
+        )
 
     def _loader(self, kind: StrategyKind, device: str, dtype: str):
         def load() -> Backend:
