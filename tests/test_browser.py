@@ -25,6 +25,13 @@ from voice_agent.testing.server import free_port
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
+# The first row's cells under the named columns of the Diagnostics latency table.
+LATENCY_CELL_JS = """(names) => {
+  const table = document.querySelector('#latency-table');
+  const heads = [...table.querySelectorAll('thead th')].map((h) => h.innerText.trim());
+  const cells = [...table.querySelectorAll('[role=gridcell]')].map((c) => c.innerText.trim());
+  return names.map((n) => cells[heads.findIndex((h) => h.includes(n))]);
+}"""
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -187,6 +194,9 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             expect(page.locator("#diag-models")).to_contain_text(strategy)
             expect(page.locator("#bnb-probe")).to_contain_text(snap["bitsandbytes"]["diagnosis"])
             expect(page.locator("#latency-summary")).to_contain_text("1 recent turn")
+            # The page told the server when the turn was first heard: the latency table says.
+            cell = page.evaluate(LATENCY_CELL_JS, ["speaking at", "heard in page"])
+            assert cell and 0 < float(cell[0]) <= float(cell[1]) < float(cell[0]) + 5, cell
             page.screenshot(path=ARTIFACTS / "03-diagnostics.png", full_page=True)
 
             page.get_by_role("button", name="Run self-test").click()

@@ -238,3 +238,77 @@ def test_an_unknown_channel_is_404_and_the_page_loads_the_player(live) -> None:
     assert r.status_code == 404 and "audio channel" in r.json()["error"]["message"]
     page = httpx.get(server.url + "/", timeout=30).text
     assert "window.vaPlayer" in page and PAGE_HEAD.count("<script>") == 2
+
+
+# --- when the page heard it ---------------------------------------------------------------
+
+
+def test_the_pages_report_of_its_first_sound_reaches_whoever_waits() -> None:
+    channel = AudioChannel("x")
+    first, second = channel.begin_turn(), channel.begin_turn()
+    got: list[tuple[int, float]] = []
+    channel.when_heard(second, lambda at: got.append((second, at)))
+    before = time.perf_counter()
+    channel.report_heard(second, 0.5)
+    assert got and got[0][0] == second and before + 0.5 <= got[0][1] <= time.perf_counter() + 0.5
+    channel.report_heard(second, 3.0)  # only the first report of a turn counts
+    channel.when_heard(second, lambda at: got.append((second, at)))
+    assert got[1] == got[0]
+    channel.report_heard(first + 5, 0.1)  # a turn that has not begun: ignored
+    channel.when_heard(first + 5, lambda at: got.append((0, at)))
+    assert len(got) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"turn": 1, "wait_s": 0.01}', 204),
+        (b"not json", 400),
+        (b'{"turn": 1}', 400),
+        (b'{"turn": true, "wait_s": 0}', 400),
+        (b'{"turn": 1, "wait_s": -1}', 400),
+        (b'{"turn": 1, "wait_s": 1e9}', 400),
+        (b'{"turn": "1", "wait_s": 0}', 400),
+        (b'{"turn": 1, "wait_s": "soon"}', 400),
+        (b"\xff\xfe", 400),
+        (b'{"turn": 1, "wait_s": 0, "x": "\\ud800"}', 204),
+    ],
+)
+def test_heard_reports_are_checked(live, body: bytes, status: int) -> None:
+    server, handlers, _ = live
+    ui = handlers.on_load()[0]
+    ui.audio.begin_turn()
+    url = f"{server.url}/voice/audio/{ui.audio.id}/heard"
+    r = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert "turn" in r.json()["error"]["message"]
+    missing = httpx.post(f"{server.url}/voice/audio/nope/heard", content=body, timeout=30)
+    assert missing.status_code == 404
+
+
+def test_diagnostics_shows_when_the_page_heard_the_turn(live) -> None:
+    server, handlers, agent = live
+    ui = handlers.on_load()[0]
+    page = SSE(f"{server.url}/voice/audio/{ui.audio.id}")
+    wait_for(lambda: ui.audio.listening)
+    worker = threading.Thread(
+        target=lambda: list(handlers.send_text("Hello there", ui, "", 0.0, 64, ""))
+    )
+    worker.start()
+    wait_for(lambda: any(kind == "audio" for kind, _ in page.events))
+    # The page player, on its first chunk: "this turn is heard in 0.2 s".
+    r = httpx.post(
+        f"{server.url}/voice/audio/{ui.audio.id}/heard",
+        json={"turn": 1, "wait_s": 0.2},
+        timeout=30,
+    )
+    assert r.status_code == 204
+    worker.join(30)
+    turn = agent.recent_timings()["turns"][-1]
+    assert turn["first_audio"] is not None
+    assert turn["first_audio_heard"] >= turn["first_audio"] + 0.2
+    assert turn["first_audio_heard"] < turn["first_audio"] + 10
+    snapshot_rows = handlers.refresh()[5]
+    assert snapshot_rows[-1][5] == round(turn["first_audio_heard"], 2)
+    page.close()

@@ -19,6 +19,7 @@ STAGES = (
     "transcript_ready",
     "first_token",
     "first_audio",
+    "first_audio_heard",
     "last_audio",
     "total",
     "stt_s",
@@ -39,11 +40,14 @@ class TurnTimings:
     written after the tools; `first_audio` may be the filler's). `heard_early`: the
     transcript was made while the user paused, before the turn ended (hands-free,
     `hear.EarlyHearing`); `stt_s` is then that transcription's time.
+    `first_audio_heard`: when the first sound came out in the browser, as the page
+    player reported it (the Conversation tab only; `ui.playback`).
     """
 
     transcript_ready: float | None = None
     first_token: float | None = None
     first_audio: float | None = None
+    first_audio_heard: float | None = None
     last_audio: float | None = None
     total: float | None = None
     stt_s: float | None = None

@@ -280,6 +280,7 @@ class Conversation:
         live = channel is not None and channel.listening
         audio_turn = channel.begin_turn() if channel is not None else 0
         ui.played_live = False
+        pushed_at = 0.0  # perf_counter() when the first chunk went to the page
         timings = None
         problem = ""
         finished = False
@@ -323,6 +324,8 @@ class Conversation:
                         ui.detector.play(chunk.samples, chunk.sample_rate)
                     spoken_chunks.append(chunk)
                     if live and channel is not None:
+                        if not ui.played_live:
+                            pushed_at = time.perf_counter()
                         channel.push(audio_turn, chunk.sample_rate, chunk.samples)
                         ui.played_live = True
                         yield ui.chat, None, "Speaking…"
@@ -362,6 +365,8 @@ class Conversation:
             exchange.note = problem
             if spoken and exchange.user == "(audio)":
                 user_msg["content"] = f"{VOICE_TAG} (audio)"
+        if ui.played_live and channel is not None and timings is not None:
+            _when_heard(channel, audio_turn, timings, pushed_at)
         exchange.latency = latency_line(timings, spoken=spoken)
         bot_msg["content"] = render_reply(exchange)
         whole = self._reply_file(ui, spoken_chunks) if spoken_chunks else None
@@ -586,6 +591,20 @@ class Conversation:
         ui.utterances.clear()
         self._drop_early(ui)
         ui.hands_free_status = ""
+
+
+def _when_heard(channel: AudioChannel, turn: int, timings: Any, pushed_at: float) -> None:
+    """Once the page reports the turn's first sound, put it in the turn's timings (the
+    agent keeps them for Diagnostics): when the first chunk was made, plus the time from
+    handing it to the page to its sound."""
+    made = getattr(timings, "first_audio", None)
+    if not isinstance(made, int | float):
+        return
+
+    def heard(at: float) -> None:
+        timings.first_audio_heard = round(made + max(0.0, at - pushed_at), 4)
+
+    channel.when_heard(turn, heard)
 
 
 def render_reply(exchange: Exchange) -> str:

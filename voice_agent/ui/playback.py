@@ -20,15 +20,19 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from starlette.requests import Request  # FastAPI reads the route's annotations at runtime
 
 log = logging.getLogger(__name__)
 
 ROUTE = "/voice/audio/{channel_id}"
+HEARD_ROUTE = "/voice/audio/{channel_id}/heard"  # the page: a turn's first sound plays now
+MAX_WAIT_S = 10.0  # a page reporting its sound starts later than this is not believed
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
 # Frames one listener may have waiting (a chunk is a phrase: seconds of audio). A page that
 # stops reading (abandoned, or a hostile client) is dropped rather than holding the audio.
@@ -67,6 +71,9 @@ class AudioChannel:
         self._listeners: list[_Listener] = []
         self._lock = threading.Lock()
         self.closed = False
+        # turn -> perf_counter() when the page said its first sound comes out, and who waits.
+        self._heard: dict[int, float] = {}
+        self._waiting: dict[int, Callable[[float], None]] = {}
 
     @property
     def listening(self) -> bool:
@@ -88,6 +95,34 @@ class AudioChannel:
     def flush(self) -> None:
         """Stop what the page plays now (Stop, barge-in), and whatever of this turn is still coming."""
         self._send(sse("flush", {"turn": self.turn}))
+
+    def report_heard(self, turn: int, wait_s: float) -> None:
+        """The page: `turn`'s first chunk arrived and will be heard in `wait_s` seconds.
+
+        Stamped on arrival (one network hop after the page sent it: on loopback or a LAN,
+        milliseconds), plus the page's own wait until the speaker plays it.
+        """
+        at = time.perf_counter() + wait_s
+        with self._lock:
+            if turn in self._heard or not 0 < turn <= self.turn:
+                return
+            self._heard[turn] = at
+            for old in [t for t in self._heard if t < turn - 8]:
+                del self._heard[old]
+            callback = self._waiting.pop(turn, None)
+        if callback is not None:
+            callback(at)
+
+    def when_heard(self, turn: int, callback: Callable[[float], None]) -> None:
+        """Call `callback(perf_counter time)` once the page reports `turn`'s first sound
+        (at once if it already has)."""
+        with self._lock:
+            at = self._heard.get(turn)
+            if at is None:
+                self._waiting = {t: c for t, c in self._waiting.items() if t > turn - 8}
+                self._waiting[turn] = callback
+                return
+        callback(at)
 
     def close(self) -> None:
         """The tab went away: end every stream of this channel."""
@@ -182,25 +217,40 @@ def default_channels() -> AudioChannels:
 
 def add_route(app: Any, channels: AudioChannels | None = None) -> None:
     """Serve `GET /voice/audio/{id}` (the page's audio stream) on the FastAPI `app`."""
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     registry = channels if channels is not None else default_channels()
 
     async def audio_stream(channel_id: str) -> Any:
         channel = registry.get(channel_id)
         if channel is None:
-            body = {
-                "error": {
-                    "message": "no such audio channel (the page opens one when it loads)",
-                    "type": "not_found",
-                    "code": 404,
-                }
-            }
-            return JSONResponse(body, status_code=404)
+            message = "no such audio channel (the page opens one when it loads)"
+            return JSONResponse(_error(message, "not_found", 404), status_code=404)
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(channel.frames(), media_type="text/event-stream", headers=headers)
 
+    async def heard(channel_id: str, request: Request) -> Any:
+        channel = registry.get(channel_id)
+        if channel is None:
+            return JSONResponse(_error("no such audio channel", "not_found", 404), 404)
+        try:
+            body = json.loads(await request.body())
+            turn, wait_s = body["turn"], float(body["wait_s"])
+            if not isinstance(turn, int) or isinstance(turn, bool) or not 0 <= wait_s <= MAX_WAIT_S:
+                raise ValueError
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            message = 'send {"turn": <int>, "wait_s": <seconds, 0 to 10>}'
+            return JSONResponse(_error(message, "invalid_request", 400), 400)
+        channel.report_heard(turn, wait_s)
+        return Response(status_code=204)
+
     app.add_api_route(ROUTE, audio_stream, methods=["GET"], include_in_schema=False)
+    app.add_api_route(HEARD_ROUTE, heard, methods=["POST"], include_in_schema=False)
+
+
+def _error(message: str, kind: str, code: int) -> dict[str, Any]:
+    """The REST API's error shape."""
+    return {"error": {"message": message, "type": kind, "code": code}}
 
 
 # The page's player: one EventSource per tab, each chunk decoded to a Web Audio buffer
@@ -261,7 +311,15 @@ PLAYER_HEAD = """<script>
     node.onended = () => s.nodes.delete(node);
     node.start(at);
     s.nodes.add(node);
-    if (st.firstAt === null) st.firstAt = heardAt(ctx, at);
+    if (st.firstAt === null) {
+      st.firstAt = heardAt(ctx, at);
+      // Tell the server when this turn is first heard (Diagnostics: "heard in page").
+      const wait = Math.max(0, st.firstAt - performance.now()) / 1000;
+      fetch(s.base + 'voice/audio/' + encodeURIComponent(s.id) + '/heard', {
+        method: 'POST', headers: {'Content-Type': 'application/json'}, keepalive: true,
+        body: JSON.stringify({turn: m.turn, wait_s: Math.min(wait, 10)}),
+      }).catch(() => {});
+    }
     s.nextAt = at + buffer.duration;
     st.chunks += 1;
     st.audioS += buffer.duration;
@@ -274,8 +332,8 @@ PLAYER_HEAD = """<script>
     s.id = id;
     s.dropTo = -1;
     s.stats = fresh(-1);
-    const base = window.location.pathname.replace(/[^/]*$/, '');
-    const es = new EventSource(base + 'voice/audio/' + encodeURIComponent(id));
+    s.base = window.location.pathname.replace(/[^/]*$/, '');
+    const es = new EventSource(s.base + 'voice/audio/' + encodeURIComponent(id));
     es.addEventListener('audio', (e) => play(JSON.parse(e.data)));
     es.addEventListener('flush', (e) => flush(JSON.parse(e.data).turn));
     es.addEventListener('ready', () => { s.ready = true; });
