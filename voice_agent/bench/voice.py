@@ -206,6 +206,22 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
     }
 
 
+def _page_state(page: Any) -> str:
+    """What the page showed when a turn did not finish: status, the last message, the probe."""
+    try:
+        return json.dumps(
+            page.evaluate(
+                "({status: (document.querySelector('#turn-status') || {}).innerText,"
+                " hands_free: (document.querySelector('#hands-free-status') || {}).innerText,"
+                " last: [...document.querySelectorAll('#chat .message')].slice(-2)"
+                ".map(m => m.innerText.slice(0, 200)),"
+                " probe: window.__va, player: window.vaPlayer && window.vaPlayer.stats})"
+            )
+        )[:1500]
+    except Exception as exc:
+        return f"(page state unreadable: {exc})"
+
+
 def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
     """Model variables for the app, whether the LLM is scripted, and what each model is."""
     from voice_agent.bench.pipeline import build_llm
@@ -312,6 +328,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                                 page.wait_for_timeout(500)
                         except Exception as exc:  # reported; the other mode still runs
                             failed[mode] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                            failed[mode + " (page)"] = _page_state(page)
                 finally:
                     browser.close()
         finally:
