@@ -48,7 +48,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from voice_agent.testing.tiny_llm import QwenSize
 
 REPLY = (
     "It looks sunny this afternoon, with a light breeze from the west and a high of twenty "
@@ -163,8 +166,8 @@ class ScriptedLLM:
         ).collect()
 
 
-def build_llm(out_dir: Path, *, tiny: bool = False) -> Path:
-    """Qwen2.5-0.5B shapes, the test tokenizer, and only that tokenizer's words ever chosen.
+def build_llm(out_dir: Path, *, tiny: bool = False, size: QwenSize = "0.5B") -> Path:
+    """Qwen2.5-`size` shapes, the test tokenizer, and only that tokenizer's words ever chosen.
 
     `tiny`: the test model's two small layers instead (for tests of the bench itself).
     The context is the shape's (the tools' prompt needs about 2500 of this tokenizer's
@@ -188,7 +191,7 @@ def build_llm(out_dir: Path, *, tiny: bool = False) -> Path:
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(tiny_config(len(tokenizer), max_position_embeddings=TINY_CONTEXT))
     else:
-        model = build_shaped_model("0.5B", "bfloat16")
+        model = build_shaped_model(size, "bfloat16")
     tokenizer.model_max_length = model.config.max_position_embeddings
     tokenizer.save_pretrained(out_dir)
     eos_id, pad_id = tokenizer.convert_tokens_to_ids(EOS), tokenizer.convert_tokens_to_ids(PAD)

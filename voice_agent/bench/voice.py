@@ -1,10 +1,11 @@
 """Benchmark section `voice`: what a listener hears, measured in a real browser.
 
 Starts the app (`app.py`'s own `main`) on the pipeline bench's real-shaped random
-models (a Qwen2.5-0.5B-shaped LLM scripted to say a fixed 3-sentence reply, a
-whisper-base.en-shaped Whisper, the CPU default voice: a Piper medium-shaped ONNX
-voice; any model named by the usual variables is used instead), and drives headless Chromium with a fake
-microphone playing `assets/hello.wav` (3.4 s):
+models: the CPU defaults' shapes (a Qwen2.5-1.5B-shaped LLM scripted to say a fixed
+3-sentence reply, `BENCH_LLM_SIZE=0.5B` for the 0.5B shape; a whisper-base.en-shaped
+Whisper; a Piper medium-shaped ONNX voice); any model named by the usual variables is
+used instead. It drives headless Chromium with a fake microphone playing
+`assets/hello.wav` (3.4 s):
 
 - **record**: Record, the clip, Stop; end of speech is the click on Stop.
 - **hands-free**: Record once; a pause ends the turn; end of speech is when the
@@ -205,6 +206,22 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
     }
 
 
+def _page_state(page: Any) -> str:
+    """What the page showed when a turn did not finish: status, the last message, the probe."""
+    try:
+        return json.dumps(
+            page.evaluate(
+                "({status: (document.querySelector('#turn-status') || {}).innerText,"
+                " hands_free: (document.querySelector('#hands-free-status') || {}).innerText,"
+                " last: [...document.querySelectorAll('#chat .message')].slice(-2)"
+                ".map(m => m.innerText.slice(0, 200)),"
+                " probe: window.__va, player: window.vaPlayer && window.vaPlayer.stats})"
+            )
+        )[:1500]
+    except Exception as exc:
+        return f"(page state unreadable: {exc})"
+
+
 def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
     """Model variables for the app, whether the LLM is scripted, and what each model is."""
     from voice_agent.bench.pipeline import build_llm
@@ -218,8 +235,13 @@ def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
             env[variable] = os.environ[variable]
             about[part] = os.environ[variable]
     if "llm" not in env:
-        env["MODEL_SERVER_MODEL_NAME"] = str(build_llm(root / "llm"))
-        about["llm"] = "Qwen2.5-0.5B shape, random weights, scripted reply (bench.pipeline.REPLY)"
+        size = os.environ.get("BENCH_LLM_SIZE", "1.5B")
+        if size not in ("0.5B", "1.5B"):
+            raise ValueError(f"BENCH_LLM_SIZE must be 0.5B or 1.5B, not {size!r}")
+        env["MODEL_SERVER_MODEL_NAME"] = str(build_llm(root / "llm", size=size))  # type: ignore[arg-type]
+        about["llm"] = (
+            f"Qwen2.5-{size} shape, random weights, scripted reply (bench.pipeline.REPLY)"
+        )
     if "stt" not in env:
         path = build_whisper(
             root / "stt", SHAPES["base"], text_tokens=50256, multilingual=False, languages=99,
@@ -306,6 +328,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                                 page.wait_for_timeout(500)
                         except Exception as exc:  # reported; the other mode still runs
                             failed[mode] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                            failed[mode + " (page)"] = _page_state(page)
                 finally:
                     browser.close()
         finally:
