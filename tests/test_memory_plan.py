@@ -277,7 +277,13 @@ def plan_on_cpu(
     hardware = HardwareInfo("2.x", False, None, [], 8, 64 * GIB, ram_free, True)
     settings = load_settings({"LLM_DEVICE": "cpu"})
     chain = strategies.plan_chain(settings, hardware)
-    assert [s.name for s in chain] == ["cpu-bfloat16", "cpu-float32", "cpu-8bit", "cpu-4bit"]
+    assert [s.name for s in chain] == [
+        "cpu-int8-dynamic",
+        "cpu-bfloat16",
+        "cpu-float32",
+        "cpu-8bit",
+        "cpu-4bit",
+    ]
     loaded: list[str] = []
 
     def load(strategy: strategies.LLMStrategy, kwargs: dict) -> str:
@@ -305,7 +311,7 @@ def test_free_ram_below_the_estimate_skips_with_a_memory_reason(
     report, loaded, result = plan_on_cpu(model, monkeypatch, ram_free)
     assert result == "cpu-8bit" and loaded == ["cpu-8bit"]
     budget = int(ram_free * strategies.RAM_BUDGET_FRACTION)
-    for attempt in report.attempts[:2]:
+    for attempt in report.attempts[:3]:
         assert attempt.outcome == "skipped" and attempt.free_bytes == budget
         assert attempt.needed_bytes == estimate_bytes(model, attempt.dtype) > budget
         assert (
@@ -322,7 +328,7 @@ def test_free_ram_below_every_estimate_loads_nothing(
     model = header_only_checkpoint(tmp_path / "llm", BILLION)
     report, loaded, result = plan_on_cpu(model, monkeypatch, 256 << 20)
     assert isinstance(result, ModelLoadError) and loaded == []
-    assert [a.outcome for a in report.attempts] == ["skipped"] * 4
+    assert [a.outcome for a in report.attempts] == ["skipped"] * 5
     for attempt in report.attempts:
         assert attempt.reason.startswith("needs ") and attempt.reason.endswith(" GiB free")
         assert attempt.needed_bytes > attempt.free_bytes

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from voice_agent.bench.common import run_isolated
 
-STRATEGIES = ("cpu-float32", "cpu-bfloat16", "cpu-8bit", "cpu-4bit")
+STRATEGIES = ("cpu-int8-dynamic", "cpu-float32", "cpu-bfloat16", "cpu-8bit", "cpu-4bit")
 SPEAKING_PACE_TOKENS_S = 4.0
 PROMPT = "What is the weather like today, and should I take an umbrella when I go out?"
 # Short, so the tiny test tokenizer (more tokens per word than Qwen's) gives a prompt about
@@ -108,7 +108,8 @@ def run(quick: bool = False) -> dict:
         label = "tiny test model" if quick else "Qwen2.5-0.5B-shaped"
         rows += _measure(built["path"], STRATEGIES, label, new_tokens, repeats, env)
         if not quick:
-            # The CPU default's shape: 4-bit against the float type the chain would pick.
+            # The CPU default's shape: int8 (the chain's first) and 4-bit against the float
+            # type the chain picks without quantization.
             shutil.rmtree(tmp / "model", ignore_errors=True)  # free ~1 GB before writing ~3 GB
             built = run_isolated(_python(BUILD, str(tmp / "model-1.5B"), "1.5B"), env=env)
             choice = run_isolated(FLOAT_CHOICE, env=env)
@@ -116,7 +117,7 @@ def run(quick: bool = False) -> dict:
                 why = built.get("error") or choice.get("error")
                 rows.append({"model": "Qwen2.5-1.5B-shaped", "error": why})
             else:
-                names = ("cpu-4bit", choice["name"])
+                names = ("cpu-int8-dynamic", "cpu-4bit", choice["name"])
                 rows += _measure(
                     built["path"], names, "Qwen2.5-1.5B-shaped", new_tokens, repeats, env
                 )

@@ -250,6 +250,11 @@ class OpenSourceLLM:
                 ) from exc
             raise
         model.eval()
+        if strategy.quantization == "int8-dynamic":
+            from voice_agent.llm.strategies import quantize_int8_dynamic
+
+            self._progress(0.1 + 0.85 * tried / len(self._strategies), "int8 weights")
+            model = quantize_int8_dynamic(model)
         # device_map="auto" may quietly put layers on the CPU or leave them on disk ("meta");
         # an all-GPU strategy that did so would be slow, so it counts as not fitting.
         placed = {p.device.type for p in model.parameters()}

@@ -1,11 +1,13 @@
 """The LLM's loading chain as data: which strategies, in which order, and what each needs.
 
 CUDA: 4-bit NF4 (double quant, bf16/fp16 compute) -> 8-bit -> fp16/bf16 on the GPU ->
-fp16/bf16 spread over GPU, RAM and disk -> the CPU chain. CPU: bf16 when the CPU has
-native bf16 (else fp32) -> the other float type -> 8-bit -> 4-bit (bitsandbytes), the
-quantized ones being where the chain lands when RAM is short. `MODEL_SERVER_PREFER_4BIT=0`
-drops the quantized strategies (the CUDA chain then starts at fp16/bf16); `LLM_DEVICE`
-keeps only one device's strategies.
+fp16/bf16 spread over GPU, RAM and disk -> the CPU chain. CPU: int8 weights with dynamic
+activation quantization (torch's fbgemm/x86 kernels: decoding is memory-bound, and a
+quarter of fp32's bytes per token decodes about 3x faster than bf16) -> bf16 when the CPU
+has native bf16 (else fp32) -> the other float type -> 8-bit -> 4-bit (bitsandbytes), the
+last ones being where the chain lands when RAM is short. `MODEL_SERVER_PREFER_4BIT=0`
+drops the quantized strategies (the CUDA chain then starts at fp16/bf16, the CPU chain at
+bf16/fp32); `LLM_DEVICE` keeps only one device's strategies.
 
 `plan_chain` decides the order from settings and the hardware probe (pure, no torch);
 `to_strategies` turns the plan into `voice_agent.core.loading.Strategy` values with a memory
@@ -16,6 +18,7 @@ strategy cannot work here (no CUDA, bitsandbytes' native library missing).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -33,7 +36,8 @@ from voice_agent.core.loading import Strategy, estimate_bytes
 
 log = logging.getLogger(__name__)
 
-Quantization = Literal["nf4", "int8"]
+# "int8-dynamic": torch's own int8 Linear layers, made after loading (no bitsandbytes).
+Quantization = Literal["nf4", "int8", "int8-dynamic"]
 # Headroom left free on each device for the KV cache, activations and the allocator.
 GPU_BUDGET_FRACTION = 0.90
 RAM_BUDGET_FRACTION = 0.85
@@ -51,7 +55,12 @@ class LLMStrategy:
 
     @property
     def storage(self) -> str:
-        """The key of `loading.BYTES_PER_PARAM` that sizes this strategy's weights."""
+        """The key of `loading.BYTES_PER_PARAM` that sizes this strategy's weights.
+
+        int8-dynamic loads in float32 and quantizes after: its peak is float32's.
+        """
+        if self.quantization == "int8-dynamic":
+            return self.dtype
         return self.quantization or self.dtype
 
 
@@ -86,6 +95,7 @@ def cpu_chain(cpu_bf16: bool, quantize: bool) -> list[LLMStrategy]:
     floats = ["bfloat16", "float32"] if cpu_bf16 else ["float32", "bfloat16"]
     chain = [LLMStrategy(f"cpu-{dtype}", "cpu", dtype) for dtype in floats]  # type: ignore[arg-type]
     if quantize:
+        chain.insert(0, LLMStrategy("cpu-int8-dynamic", "cpu", "float32", "int8-dynamic"))
         chain += [
             LLMStrategy("cpu-8bit", "cpu", "float16", "int8"),
             LLMStrategy("cpu-4bit", "cpu", "bfloat16" if cpu_bf16 else "float32", "nf4"),
@@ -167,11 +177,43 @@ def unavailable_reason(strategy: LLMStrategy, hardware: HardwareInfo) -> str | N
     if strategy.dtype == "bfloat16" and strategy.device == "cuda":
         if not all(g.bf16 for g in hardware.gpus):
             return "this GPU has no bf16 support (needs compute capability 8.0+)"
+    if strategy.quantization == "int8-dynamic":
+        return int8_dynamic_unavailable()
     if strategy.quantization:
         probe = probe_bitsandbytes()
         if not probe.usable:
             return f"{probe.diagnosis}. Fix: {probe.fix}" if probe.fix else probe.diagnosis
     return None
+
+
+def int8_dynamic_unavailable() -> str | None:
+    """Why torch's int8 kernels cannot run here (no fbgemm/x86 engine), or None."""
+    import torch
+
+    engines = set(torch.backends.quantized.supported_engines)
+    if not engines & {"x86", "fbgemm"}:
+        return (
+            "torch has no x86/fbgemm quantized engine on this CPU "
+            f"(has: {', '.join(sorted(engines)) or 'none'})"
+        )
+    return None
+
+
+def quantize_int8_dynamic(model: Any) -> Any:
+    """Replace `model`'s Linear layers by int8 ones (per-channel weights, activations
+    quantized per call), in place. The embedding stays float (a lookup, not a matmul)."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    engines = torch.backends.quantized.supported_engines
+    torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
+    with warnings.catch_warnings():
+        # torch points new code at torchao; these eager-mode kernels still ship and are
+        # what runs with no extra dependency.
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
+        return quantize_dynamic(
+            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
 
 
 def from_pretrained_kwargs(
