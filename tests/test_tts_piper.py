@@ -183,3 +183,30 @@ def test_speak_backend_piper_writes_a_wav(monkeypatch, tiny_models: Path, tmp_pa
     assert main(argv) == 0
     with wave.open(str(out)) as wav:
         assert wav.getframerate() == RATE and wav.getnframes() > 0
+
+
+def test_the_piper_voice_over_the_rest_api(monkeypatch, tiny_models: Path) -> None:
+    """The CPU default voice is served like the others: `/v1/audio/voices` lists its voice,
+    `/health` names the backend and voice, `/v1/audio/speech` speaks at the voice's rate,
+    and the official OpenAI client gets the audio (a real server on loopback)."""
+    import httpx
+    from openai import OpenAI
+
+    from tests.fakes import fake_models
+    from voice_agent.server.app import create_app
+    from voice_agent.testing.server import LiveServer
+
+    configure(monkeypatch, TTS_BACKEND="piper", TTS_MODEL_NAME=str(tiny_models / "piper"))
+    models = fake_models(tts=LocalTTS())
+    with LiveServer(create_app(models, get_settings())) as live:
+        voices = httpx.get(live.url + "/v1/audio/voices", timeout=30).json()
+        assert [v["id"] for v in voices["data"]] == ["default"], voices
+        assert "Piper voice" in voices["data"][0]["description"]
+        health = httpx.get(live.url + "/health", timeout=30).json()
+        tts = health["models"]["tts"]
+        assert tts["status"] == "ready" and tts["backend"] == "piper", tts
+        assert tts["report"]["chosen"]["strategy"].startswith("piper ")
+        client = OpenAI(base_url=live.url + "/v1", api_key="unused")
+        speech = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.")
+        with wave.open(__import__("io").BytesIO(speech.read())) as w:
+            assert w.getframerate() == RATE and w.getnframes() > RATE // 4
