@@ -177,6 +177,18 @@ class SSE:
         self._client.close()
 
 
+def connected_turn(
+    server: LiveServer, handlers: Any, text: str
+) -> tuple[Any, SSE, threading.Thread]:
+    """A tab whose page listens to its audio stream, and a typed turn running on a thread."""
+    ui = handlers.on_load()[0]
+    page = SSE(f"{server.url}/voice/audio/{ui.audio.id}")
+    wait_for(lambda: ui.audio.listening)
+    worker = threading.Thread(target=lambda: list(handlers.send_text(text, ui, "", 0.0, 64, "")))
+    worker.start()
+    return ui, page, worker
+
+
 def audio_update(step: Any) -> Any:
     """The reply player's update from a handler's step (gr.Audio or a skip)."""
     return step[1]
@@ -218,13 +230,7 @@ def test_without_a_page_player_the_whole_reply_autoplays_at_the_end(live) -> Non
 def test_stop_silences_the_page_at_once(live) -> None:
     server, handlers, agent = live
     agent.models.llm = FakeLLM(wait_for_cancel=True)
-    ui = handlers.on_load()[0]
-    page = SSE(f"{server.url}/voice/audio/{ui.audio.id}")
-    wait_for(lambda: ui.audio.listening)
-    worker = threading.Thread(
-        target=lambda: list(handlers.send_text("Tell me", ui, "", 0.0, 64, ""))
-    )
-    worker.start()
+    ui, page, worker = connected_turn(server, handlers, "Tell me")
     assert agent.models.llm.started.wait(5)
     handlers.stop(ui)
     worker.join(10)
@@ -289,13 +295,7 @@ def test_heard_reports_are_checked(live, body: bytes, status: int) -> None:
 
 def test_diagnostics_shows_when_the_page_heard_the_turn(live) -> None:
     server, handlers, agent = live
-    ui = handlers.on_load()[0]
-    page = SSE(f"{server.url}/voice/audio/{ui.audio.id}")
-    wait_for(lambda: ui.audio.listening)
-    worker = threading.Thread(
-        target=lambda: list(handlers.send_text("Hello there", ui, "", 0.0, 64, ""))
-    )
-    worker.start()
+    ui, page, worker = connected_turn(server, handlers, "Hello there")
     wait_for(lambda: any(kind == "audio" for kind, _ in page.events))
     # The page player, on its first chunk: "this turn is heard in 0.2 s".
     r = httpx.post(
