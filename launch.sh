@@ -49,7 +49,7 @@ setup() {
 
 browser_deps() {
     # The browser test drives Debian's chromium (browser downloads are not possible everywhere);
-    # Gradio streams reply audio through ffmpeg.
+    # Gradio decodes non-WAV microphone chunks with ffmpeg (pydub).
     local missing=()
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
