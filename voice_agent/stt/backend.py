@@ -8,10 +8,13 @@ timing once for all of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from voice_agent.audio.io import SAMPLE_RATE
 
 StrategyKind = Literal["ctranslate2", "manual", "pipeline"]
 STRATEGY_KINDS: tuple[StrategyKind, ...] = ("ctranslate2", "manual", "pipeline")
@@ -44,6 +47,20 @@ class Backend(Protocol):
         words: bool = False,
         generate_kwargs: dict[str, Any] | None = None,
     ) -> Decoded: ...
+
+
+def decode_windows(decode: Callable[..., Decoded], samples: np.ndarray, **kwargs: Any) -> Decoded:
+    """`decode` run on each 30 s window of `samples` (16 kHz), joined: the text, and the word
+    timings shifted to their window's place."""
+    window = CHUNK_SECONDS * SAMPLE_RATE
+    parts = [decode(samples[i : i + window], **kwargs) for i in range(0, samples.shape[0], window)]
+    merged = [
+        (w, s + n * CHUNK_SECONDS, e + n * CHUNK_SECONDS)
+        for n, part in enumerate(parts)
+        for (w, s, e) in part.words
+    ]
+    text = " ".join(p.text for p in parts if p.text)
+    return Decoded(text, parts[0].language, merged, tokens=sum(p.tokens for p in parts))
 
 
 def language_tokens(generation_config: Any) -> dict[int, str]:

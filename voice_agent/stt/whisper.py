@@ -50,6 +50,7 @@ from voice_agent.stt.backend import (
     Backend,
     Decoded,
     StrategyKind,
+    decode_windows,
     group_words,
     is_multilingual,
     language_tokens,
@@ -110,17 +111,7 @@ class ManualBackend:
         window = CHUNK_SECONDS * SAMPLE_RATE
         if words and samples.shape[0] > window:
             # Word timings come from short-form decoding; long clips go window by window.
-            parts = [
-                self.decode(samples[i : i + window], language=language, words=True)
-                for i in range(0, samples.shape[0], window)
-            ]
-            merged = [
-                (w, s + n * CHUNK_SECONDS, e + n * CHUNK_SECONDS)
-                for n, part in enumerate(parts)
-                for (w, s, e) in part.words
-            ]
-            text = " ".join(p.text for p in parts if p.text)
-            return Decoded(text, parts[0].language, merged)
+            return decode_windows(self.decode, samples, language=language, words=True)
         long_form = samples.shape[0] > window
         extractor = self.processor.feature_extractor
         if long_form:

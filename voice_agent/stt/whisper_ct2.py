@@ -40,6 +40,7 @@ from voice_agent.stt.backend import (
     CHUNK_SECONDS,
     Decoded,
     StrategyKind,
+    decode_windows,
     group_words,
     is_multilingual,
     language_tokens,
@@ -206,24 +207,14 @@ class CT2Backend:
         words: bool = False,
         generate_kwargs: dict[str, Any] | None = None,
     ) -> Decoded:
-        window = CHUNK_SECONDS * SAMPLE_RATE
-        if samples.shape[0] > window:
-            parts = [
-                self.decode(
-                    samples[i : i + window],
-                    language=language,
-                    words=words,
-                    generate_kwargs=generate_kwargs,
-                )
-                for i in range(0, samples.shape[0], window)
-            ]
-            merged = [
-                (w, s + n * CHUNK_SECONDS, e + n * CHUNK_SECONDS)
-                for n, part in enumerate(parts)
-                for (w, s, e) in part.words
-            ]
-            text = " ".join(p.text for p in parts if p.text)
-            return Decoded(text, language, merged, tokens=sum(p.tokens for p in parts))
+        if samples.shape[0] > CHUNK_SECONDS * SAMPLE_RATE:
+            return decode_windows(
+                self.decode,
+                samples,
+                language=language,
+                words=words,
+                generate_kwargs=generate_kwargs,
+            )
         prompt = self._prompt(language)
         new_tokens, forced = self._length(generate_kwargs, len(prompt))
         encoded = self._encode(samples)
