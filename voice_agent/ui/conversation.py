@@ -26,7 +26,7 @@ import numpy as np
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.errors import InputError, ModelUnavailableError, VoiceAgentError
 from voice_agent.ui.chat_text import safe_markdown, tool_message
-from voice_agent.ui.playback import AudioChannel, AudioChannels, default_channels
+from voice_agent.ui.playback import AudioChannel, AudioChannels, default_channels, pcm16
 from voice_agent.ui.waiting import Queued, watch_queue
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,12 @@ class Utterance:
 
 def wav_bytes(sample_rate: int, samples: np.ndarray) -> bytes:
     """16-bit mono WAV bytes."""
-    x = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    pcm = (x * 32767.0).astype("<i2")
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(int(sample_rate))
-        w.writeframes(pcm.tobytes())
+        w.writeframes(pcm16(samples))
     return out.getvalue()
 
 
