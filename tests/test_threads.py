@@ -39,3 +39,34 @@ def test_fit_sets_only_the_calling_threads_torch_threads():
     thread.join()
     assert seen == {"worker": 1, "after": 2}
     assert torch.get_num_threads() == before
+
+
+def test_the_llm_gives_way_while_the_voice_makes_a_phrase():
+    """Bug: the LLM and the voice computed side by side on 2 cores, and the reply's first
+    phrase took 0.5 s to synthesize instead of 0.1 s alone, while the listener waited. The
+    LLM writes faster than the voice speaks, so it waits at its next step instead; a voice
+    that takes text while it speaks ("tts-stream", Dia2) is not waited for."""
+    budget = CoreBudget(cores=2)
+    assert budget.give_way("llm") == 0.0  # nothing to wait for
+    waited: list[float] = []
+
+    def llm_step() -> None:
+        with budget.stage("llm"):
+            waited.append(budget.give_way("llm"))
+            # After the wait the LLM is working again, and alone it gets every core.
+            waited.append(budget.share())
+
+    with budget.stage("tts"):
+        thread = threading.Thread(target=llm_step)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive(), "the LLM waits while the voice computes"
+        assert budget.share() == 2, "the waiting LLM leaves the voice every core"
+    thread.join(5)
+    assert not thread.is_alive() and waited[0] >= 0.3 and waited[1] == 2
+
+    # A stop (the turn cancelled) ends the wait at once; a streaming voice is not waited for.
+    with budget.stage("tts"):
+        assert budget.give_way("llm", stop=lambda: True) < 0.2
+    with budget.stage("tts-stream"):
+        assert budget.give_way("llm") == 0.0

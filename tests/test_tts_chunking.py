@@ -109,6 +109,15 @@ def test_first_phrase_goes_early_and_run_ons_are_cut() -> None:
         iter(["Sure", ",", " I", " can", ",", " yes"]), phrasing=Phrasing(first_phrase_words=8)
     )
     assert list(clause) == ["Sure, I can,", "yes"]
+    # The first phrase leaves at its comma, not one token later (with the space after it).
+    first = TextSplitter(Phrasing(first_phrase_words=8))
+    out = [first.feed(p) for p in ["It", " looks", " sunny", " this", " afternoon", ","]]
+    assert out[-1] == ["It looks sunny this afternoon,"], out
+    # ... unless the comma may be inside a number: "10,000" waits for what follows.
+    number = TextSplitter(Phrasing(first_phrase_words=8))
+    out = [number.feed(p) for p in ["It", " costs", " about", " 10", ","]]
+    assert out[-1] == [] and number.feed("000") == [] and number.feed(" dollars") == []
+    assert number.close() == ["It costs about 10,000 dollars"]
     # Off: sentences only.
     assert list(split_stream(iter(pieces))) == [
         "Well I think that the weather will be fine today.",

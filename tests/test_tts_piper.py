@@ -64,6 +64,56 @@ def test_gruut_reads_english_into_the_voice_map(tiny_models: Path) -> None:
     assert not ids.unknown, f"symbols missing from the map: {ids.unknown}"
 
 
+def test_one_indexed_lexicon_serves_every_thread() -> None:
+    """Bug: `gruut.sentences` keeps a processor per thread with its own sqlite connection and an
+    empty word cache, and the lexicon's table has no index on the word: each turn speaks on a
+    new thread, so every phrase scanned 135,000 rows per word (60-180 ms before its audio).
+    Guards: every thread gets the same processor, its lexicon lookup uses an index, and the
+    IPA is gruut's own, word for word."""
+    import threading
+
+    from gruut import sentences
+
+    from voice_agent.tts.text import phonemes
+
+    texts = [
+        "It looks sunny this afternoon, with a light breeze.",
+        "The pharmacy on Main Street is closed at 10:30pm.",
+        "I read the book; you read it too? Dr. Smith paid $3.50.",
+        "Zyxwv qlorb!",  # not in the lexicon: gruut's guesser
+    ]
+
+    def gruut_own(text: str) -> list[list[str]]:
+        words: list[list[str]] = []
+        for sentence in sentences(text, lang=phonemes.LANG):
+            for word in sentence:
+                if word.is_break:
+                    mark = (word.phonemes or ["|"])[0]
+                    words.append([word.text if word.text in ",.;:!?" else phonemes.BREAKS[mark]])
+                elif word.phonemes:
+                    words.append(list(word.phonemes))
+        return words
+
+    seen: list[tuple[object, list[list[list[str]]]]] = []
+
+    def speak() -> None:
+        seen.append((phonemes._processor(), [phonemes.phonemize(t) for t in texts]))
+
+    threads = [threading.Thread(target=speak) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        thread.join()
+    assert seen[0][0] is seen[1][0], "one processor (and word cache) for every thread"
+    assert seen[0][1] == seen[1][1] == [gruut_own(t) for t in texts]
+    lookup = phonemes._processor().get_settings(phonemes.LANG).lookup_phonemes
+    plan = lookup.phonemizer.db_conn.execute(
+        "EXPLAIN QUERY PLAN SELECT role, phonemes FROM word_phonemes WHERE word = ?"
+        " ORDER BY pron_order",
+        ("sunny",),
+    ).fetchall()
+    assert any("USING INDEX" in str(row) for row in plan), plan
+
+
 def test_tiny_voice_speaks_through_the_engine(monkeypatch, tiny_models: Path) -> None:
     """Guards the backend end to end on a real ONNX graph: load through the chain, audio of a
     plausible length at the json's sample rate, one voice and a clear error for another."""

@@ -102,6 +102,11 @@ class ScriptedLLM:
         self.context_length = llm.context_length
         self.capabilities = llm.capabilities
 
+    def __getattr__(self, name: str) -> Any:
+        # Everything else is the engine's (`reuse_prompt_cache`, so `Agent.prime` primes it;
+        # `count_tokens`, `last_prefill`, ...).
+        return getattr(self._llm, name)
+
     def script_for(self, messages: Any, tools: Any, tool_choice: str = "auto") -> list[str]:
         """What the model writes: the call, while it has tools and no tool result to
         answer from yet; the reply otherwise."""

@@ -321,9 +321,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                                 page.locator("#hands-free input[type=checkbox]").check()
                                 page.locator("#hands-free-mic").wait_for()
                             # One warm-up turn per mode: first-call costs are not the turn's.
-                            _turn(page, mode, clip_s, speech_end)
-                            for _ in range(turns):
-                                rows.append(_turn(page, mode, clip_s, speech_end))
+                            # Each turn then starts a conversation: the scripted reply is not
+                            # the text the random model wrote, so a later turn would prefill
+                            # it again, which a real model's own reply never needs.
+                            for k in range(turns + 1):
+                                row = _turn(page, mode, clip_s, speech_end)
+                                if k:
+                                    rows.append(row)
                                 page.get_by_role("button", name="Clear conversation").click()
                                 page.wait_for_timeout(500)
                         except Exception as exc:  # reported; the other mode still runs

@@ -11,6 +11,13 @@ the stages working now, and a stage alone gets them all.
 keeps its own count), so each stage sets only its own; it also becomes the count a
 new thread starts with, which is why every stage sets its own before it computes.
 Torch is imported only when a stage already uses it.
+
+Splitting is still too slow for the reply's first phrase: two stages on two cores,
+each with its own thread pool, are slower together than one after the other (the
+voice took 0.5 s for a phrase it makes in 0.1 s alone). The LLM writes several times
+faster than the voice speaks, so its words can wait a moment while the voice makes the
+phrase a listener is waiting for: a stage named in `first` (the phrase-at-a-time voice)
+takes the cores for itself, and the LLM `give_way`s before each step while it computes.
 """
 
 from __future__ import annotations
@@ -18,8 +25,14 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+# The stages the others give way to: the voice that speaks a phrase at a time.
+VOICE_FIRST = frozenset({"tts"})
+POLL_S = 0.05
+MAX_WAIT_S = 5.0
 
 
 class CoreBudget:
@@ -29,10 +42,12 @@ class CoreBudget:
         cores: the cores to share (default: those this process may run on).
     """
 
-    def __init__(self, cores: int | None = None) -> None:
+    def __init__(self, cores: int | None = None, first: frozenset[str] = VOICE_FIRST) -> None:
         self.cores = cores or len(os.sched_getaffinity(0))
+        self.first = first  # stages the others give way to (`give_way`)
         self._working: set[str] = set()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
 
     def share(self) -> int:
         """Threads each working stage gets now (all the cores when one or none works)."""
@@ -47,7 +62,31 @@ class CoreBudget:
                 self._working.add(stage)
             else:
                 self._working.discard(stage)
+                self._changed.notify_all()
         return self.fit()
+
+    def give_way(self, stage: str, stop: Callable[[], bool] | None = None) -> float:
+        """Wait, not counted as working, while a stage in `first` other than `stage`
+        computes; then fit this thread to its share. Returns the seconds waited.
+
+        Each wait is a phrase's synthesis (a fraction of a second); `stop` (checked every
+        `POLL_S`) ends it early, and no single wait outlasts `MAX_WAIT_S`, so a voice that
+        hangs cannot stall the LLM for good.
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            if not (self._working & self.first) - {stage}:
+                return 0.0
+            was_working = stage in self._working
+            self._working.discard(stage)
+            while (self._working & self.first) - {stage}:
+                if (stop is not None and stop()) or time.perf_counter() - t0 > MAX_WAIT_S:
+                    break
+                self._changed.wait(POLL_S)
+            if was_working:
+                self._working.add(stage)
+        self.fit()
+        return time.perf_counter() - t0
 
     @contextmanager
     def stage(self, stage: str) -> Iterator[None]:

@@ -405,7 +405,8 @@ class OpenSourceLLM:
 
         def should_stop() -> bool:  # in the generation thread, once per step
             if on_cpu:
-                CPU_CORES.fit()  # the voice may have started or stopped beside it
+                # The voice making a phrase goes first; then the cores are split anew.
+                CPU_CORES.give_way("llm", lambda: is_cancelled(cancel) or stop_event.is_set())
             if is_cancelled(cancel):
                 stop_event.set()
             return stop_event.is_set() or feed.stop_hit

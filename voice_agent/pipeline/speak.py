@@ -82,6 +82,10 @@ class TextFeed:
         # on is the answer's, not the filler's (for `TurnTimings.answer_audio`).
         self.answer_reached = False
         self._tools = False
+        # The reader's `CPU_CORES` stage: "tts", which the LLM gives way to, for a voice
+        # that speaks a phrase at a time; an engine that takes text while it speaks
+        # (Dia2) computes all along and must not hold the LLM back ("tts-stream").
+        self.stage = "tts"
 
     def put(self, piece: str) -> None:
         self._queue.put(piece)
@@ -102,19 +106,19 @@ class TextFeed:
     def pieces(self, stop: SpeechStop) -> Iterator[str]:
         """The pieces as they arrive, until the feed closes or `stop` is set.
 
-        The reader counts as computing (`CPU_CORES`, stage "tts") except while it
-        waits here for text, so the LLM has the cores to itself meanwhile.
+        The reader counts as computing (`CPU_CORES`, stage `self.stage`) except while
+        it waits here for text, so the LLM has the cores to itself meanwhile.
         """
         while not stop.cancelled:
             w0 = time.perf_counter()
-            CPU_CORES.working("tts", False)
+            CPU_CORES.working(self.stage, False)
             try:
                 piece = self._queue.get(timeout=POLL_S)
             except queue.Empty:
                 continue
             finally:
                 self.waited_s += time.perf_counter() - w0
-                CPU_CORES.working("tts")
+                CPU_CORES.working(self.stage)
             if piece is None:
                 return
             if isinstance(piece, _AnswerMark):
@@ -167,6 +171,8 @@ def speak(
             return
         a0 = time.perf_counter()
         chunks: Iterator[AudioChunk] | None = None
+        if phrasing is None:
+            feed.stage = "tts-stream"
         try:
             chunks = tts.stream(feed.pieces(stop), voice=voice, cancel=stop, phrasing=phrasing)
             for chunk in chunks:
@@ -184,7 +190,7 @@ def speak(
         except Exception as exc:  # the text goes on; the caller gets a notice
             relay.put(SpeechFailed(exc))
         finally:
-            CPU_CORES.working("tts", False)
+            CPU_CORES.working(feed.stage, False)
             timings.tts_s = max(0.0, time.perf_counter() - a0 - feed.waited_s)
             close = getattr(chunks, "close", None)
             if callable(close):

@@ -13,9 +13,12 @@ phoneme followed by pad, then EOS.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ ALIASES = {"g": "ɡ", "r": "ɹ", "ʤ": "dʒ", "ʧ": "tʃ", "ɝ": "ɜː", "ɫ": "
 # gruut's break markers stand for the punctuation it read; Piper reads the punctuation.
 BREAKS = {"|": ",", "‖": "."}
 LANG = "en-us"
-_lock = threading.Lock()  # gruut's lexicon (sqlite) is shared by every caller
+_lock = threading.Lock()  # one gruut processor and lexicon serve every caller
 
 
 class PhonemizerUnavailableError(ImportError):
@@ -33,23 +36,52 @@ class PhonemizerUnavailableError(ImportError):
 
 
 @lru_cache(maxsize=1)
-def _sentences():
+def _processor() -> Any:
+    """gruut's English text processor, one for the process, with its lexicon indexed.
+
+    `gruut.sentences` keeps a processor per thread, and each opens the lexicon's
+    sqlite file anew with an empty word cache; its table has no index on the word,
+    so every word not yet cached is a scan of 135,000 rows (6-12 ms). Every turn
+    speaks on a new thread, so every phrase paid 60-180 ms of lookups before its
+    audio could start. Here one processor serves every thread (under `_lock`), and
+    its lexicon is an in-memory copy of gruut's with an index on the word: a lookup
+    costs microseconds and a word once seen stays cached.
+    """
     try:
-        from gruut import sentences
+        from gruut import TextProcessor
+        from gruut.lang import DelayedSqlitePhonemizer
+        from gruut.phonemize import SqlitePhonemizer
     except ImportError as exc:
         raise PhonemizerUnavailableError(
             f"The Piper voice needs the gruut phonemizer ({exc}). Install: pip install "
             "'gruut==2.4.0' 'gruut-lang-en==2.0.1'"
         ) from exc
-    return sentences
+    processor = TextProcessor(default_lang=LANG)
+    lookup = processor.get_settings(LANG).lookup_phonemes
+    if not isinstance(lookup, DelayedSqlitePhonemizer) or not Path(lookup.db_path).is_file():
+        raise PhonemizerUnavailableError(
+            "gruut has no English lexicon (pip install 'gruut-lang-en==2.0.1')."
+        )
+    source = sqlite3.connect(f"file:{lookup.db_path}?mode=ro", uri=True)
+    try:
+        lexicon = sqlite3.connect(":memory:", check_same_thread=False)  # used under _lock
+        source.backup(lexicon)
+    finally:
+        source.close()
+    lexicon.execute("CREATE INDEX IF NOT EXISTS word_phonemes_word ON word_phonemes (word)")
+    # gruut's lazy phonemizer connects on first use; hand it the indexed copy instead,
+    # with gruut's own arguments (its fallbacks for case and punctuation).
+    lookup.phonemizer = SqlitePhonemizer(db_conn=lexicon, **lookup.phonemizer_args)
+    return processor
 
 
 def phonemize(text: str) -> list[list[str]]:
     """IPA of `text`: a list of words, each a list of phonemes (punctuation as its own word)."""
-    sentences = _sentences()
+    processor = _processor()
     words: list[list[str]] = []
     with _lock:
-        for sentence in sentences(text, lang=LANG):
+        graph, root = processor(text, lang=LANG)
+        for sentence in processor.sentences(graph, root):
             for word in sentence:
                 if word.is_break:
                     words.append(
