@@ -347,6 +347,36 @@ def test_hands_free_ends_the_turn_after_a_pause_and_answers(app, assets_dir):
     assert ui.utterances == [] and ui.session.history
 
 
+def test_the_first_hands_free_turn_after_clear_is_answered(app, assets_dir):
+    """Bug: Clear started the tab's utterance count again from 0, so the first utterance after
+    it set the page's hidden trigger to a value it already had; Gradio fired no change and
+    that turn was never answered (the voice bench's hands-free turns timed out)."""
+    import soundfile as sf
+
+    _, handlers, _ = app
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    audio = np.concatenate((samples, np.zeros(rate, dtype=np.int16)))
+    step = rate // 4
+
+    def speak(ui):
+        fired = []
+        for start in range(0, len(audio), step):
+            _, trigger, _ = handlers.hear((rate, audio[start : start + step]), ui, 0.6)
+            if not isinstance(trigger, dict):
+                fired.append(trigger)
+        return fired
+
+    shown = speak(ui)  # the trigger's value on the page now
+    assert len(shown) == 1
+    drain(handlers.hands_free_turn(ui, *controls()))
+    ui = handlers.clear(ui)[0]
+    after = speak(ui)
+    assert len(after) == 1 and after[0] != shown[-1], "a value the trigger has fires nothing"
+    steps = drain(handlers.hands_free_turn(ui, *controls()))
+    assert steps and ui.session.history, "the turn after Clear was answered"
+
+
 def test_speaking_over_the_reply_interrupts_it(app):
     _, handlers, _ = app
     ui = handlers.on_load()[0]

@@ -431,6 +431,10 @@ class Conversation:
         self._drop_early(ui)
         fresh = UISession(self._agent_session(), ui.audio)  # the page keeps its audio stream
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
+        # The page's hidden triggers hold these numbers: a count that started again from 0
+        # would repeat a value the trigger already has, and Gradio fires no change, so the
+        # first hands-free turn after Clear was never answered.
+        fresh.utterance_seq, fresh.interrupt_seq = ui.utterance_seq, ui.interrupt_seq
         if hasattr(fresh.session, "allow_actions"):  # consent is the tab's, not the chat's
             fresh.session.allow_actions = getattr(ui.session, "allow_actions", None)
         return fresh
