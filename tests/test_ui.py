@@ -150,6 +150,30 @@ def test_text_turn_streams_reply_audio_and_latency(app):
     assert agent.models.llm.calls[-1]["system_prompt"] == "Be brief."
 
 
+def test_the_reply_text_goes_to_the_page_a_few_times_a_second_not_per_token():
+    """Bug: every token re-sent and re-rendered the whole chat, Gradio and the browser working
+    on the cores the LLM and the voice share (hands-free stalled 2-4 s on 2 cores). Guards:
+    a fast reply reaches the page in a few updates (`TEXT_UPDATE_S`), each holding every word
+    so far, and the last one holds the whole reply."""
+    from voice_agent.ui.conversation import TEXT_UPDATE_S
+
+    reply = " ".join(f"word{i}" for i in range(60)) + "."
+    llm = FakeLLM(reply, step_s=0.01)
+    _, handlers, _ = make_app(fake_models(llm=llm))
+    ui = handlers.on_load()[0]
+    t0 = time.perf_counter()
+    shown = [
+        step[0][-1]["content"]
+        for step in handlers.send_text("Go on.", ui, *controls(max_tokens=256))
+        if step[2] == "Answering…"
+    ]
+    elapsed = time.perf_counter() - t0
+    assert 1 <= len(shown) <= elapsed / TEXT_UPDATE_S + 2, (len(shown), elapsed)
+    assert len(shown) < 20, "not one update per token (60 tokens)"
+    assert all(text.startswith("word0") for text in shown)
+    assert "word59." in ui.chat[-1]["content"]
+
+
 def test_settings_panel_reaches_the_engines():
     models = fake_models()
     _, handlers, _ = make_app(models)

@@ -37,6 +37,10 @@ TURN_HANDOVER_S = 5.0
 # Hands-free: the assistant counts as speaking this long after its last audio chunk,
 # so its own voice leaking into the microphone needs the louder barge-in threshold.
 PLAYBACK_TAIL_S = 1.5
+# The reply's text goes to the page at most this often: each update re-sends and re-renders
+# the chat, work the server and the browser would take from the LLM and the voice on a
+# CPU they share, for words nobody reads faster than this.
+TEXT_UPDATE_S = 0.25
 # Marks a spoken message in the chat (a styled tag, not an emoji: not every system has
 # an emoji font).
 VOICE_TAG = '<span class="via-voice">voice</span>'
@@ -279,6 +283,7 @@ class Conversation:
         audio_turn = channel.begin_turn() if channel is not None else 0
         ui.played_live = False
         pushed_at = 0.0  # perf_counter() when the first chunk went to the page
+        shown_at = 0.0  # perf_counter() when the reply's text last went to the page
         timings = None
         problem = ""
         finished = False
@@ -309,7 +314,10 @@ class Conversation:
                 elif kind == "text":
                     reply += event.text
                     bot_msg["content"] = safe_markdown(reply)
-                    yield ui.chat, None, "Answering…"
+                    now = time.perf_counter()
+                    if now - shown_at >= TEXT_UPDATE_S:  # later words ride the next update
+                        shown_at = now
+                        yield ui.chat, None, "Answering…"
                 elif kind == "tool" and event.tool is not None:
                     status = self._show_tool(ui, bot_msg, tool_msgs, event.tool, exchange)
                     yield ui.chat, None, status
