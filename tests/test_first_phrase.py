@@ -85,3 +85,47 @@ def test_later_pieces_grow_by_at_most_the_growth_factor():
     for before, after in zip(words, words[1:-1], strict=False):
         assert after <= max(8, -(-before * PIECE_GROWTH // 1)), words
     assert sum(words) == 70
+
+
+class DeviceTTS(FakeTTS):
+    """A voice on `device` that measures, while it makes each phrase, how long an LLM step
+    would wait for it (`CPU_CORES.give_way`, stopped after 0.2 s)."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = device
+        self.waits: list[float] = []
+
+    def stream(self, text, voice=None, cancel=None, *, phrasing=None):
+        import threading
+        import time
+
+        from voice_agent.core.threads import CPU_CORES
+
+        pieces = [text] if isinstance(text, str) else text
+        for phrase in split_stream(pieces, phrasing=phrasing):
+            deadline = time.perf_counter() + 0.2
+            waited: list[float] = []
+            step = threading.Thread(
+                target=lambda: waited.append(
+                    CPU_CORES.give_way("llm", lambda: time.perf_counter() > deadline)
+                )
+            )
+            step.start()
+            step.join(5)
+            self.waits.append(waited[0])
+            yield self._chunk(phrase)
+
+
+def test_the_llm_waits_for_a_voice_on_this_cpu_only():
+    """The LLM gives way while a phrase-at-a-time voice computes on the CPU (it took 0.26-0.5 s
+    beside the LLM for a phrase it makes in 0.1 s alone); a voice on a GPU or a remote server
+    takes none of the CPU, so the LLM must not wait for it."""
+    for device, waits in (("cpu", True), ("cuda", False)):
+        tts = DeviceTTS(device)
+        agent = Agent(
+            fake_models(llm=TokenLLM("Sure, it is sunny. Take a hat.", step_s=0.002), tts=tts)
+        )
+        events = list(agent.run_turn(agent.new_session(), text="Weather?"))
+        assert events[-1].kind == "done" and tts.waits, device
+        assert all((w >= 0.15) == waits for w in tts.waits), (device, tts.waits)

@@ -45,7 +45,8 @@ def test_the_llm_gives_way_while_the_voice_makes_a_phrase():
     """Bug: the LLM and the voice computed side by side on 2 cores, and the reply's first
     phrase took 0.5 s to synthesize instead of 0.1 s alone, while the listener waited. The
     LLM writes faster than the voice speaks, so it waits at its next step instead; a voice
-    that takes text while it speaks ("tts-stream", Dia2) is not waited for."""
+    that takes text while it speaks (Dia2) or computes elsewhere ("tts-beside") is not waited
+    for."""
     budget = CoreBudget(cores=2)
     assert budget.give_way("llm") == 0.0  # nothing to wait for
     waited: list[float] = []
@@ -65,8 +66,8 @@ def test_the_llm_gives_way_while_the_voice_makes_a_phrase():
     thread.join(5)
     assert not thread.is_alive() and waited[0] >= 0.3 and waited[1] == 2
 
-    # A stop (the turn cancelled) ends the wait at once; a streaming voice is not waited for.
+    # A stop (the turn cancelled) ends the wait at once; a voice beside the LLM is not waited for.
     with budget.stage("tts"):
         assert budget.give_way("llm", stop=lambda: True) < 0.2
-    with budget.stage("tts-stream"):
+    with budget.stage("tts-beside"):
         assert budget.give_way("llm") == 0.0

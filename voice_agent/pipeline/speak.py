@@ -83,8 +83,9 @@ class TextFeed:
         self.answer_reached = False
         self._tools = False
         # The reader's `CPU_CORES` stage: "tts", which the LLM gives way to, for a voice
-        # that speaks a phrase at a time; an engine that takes text while it speaks
-        # (Dia2) computes all along and must not hold the LLM back ("tts-stream").
+        # that makes a phrase at a time on this CPU; "tts-beside" for one that takes text
+        # while it speaks (Dia2: it computes all along and must not hold the LLM back),
+        # or computes elsewhere (a GPU, a remote server).
         self.stage = "tts"
 
     def put(self, piece: str) -> None:
@@ -171,8 +172,8 @@ def speak(
             return
         a0 = time.perf_counter()
         chunks: Iterator[AudioChunk] | None = None
-        if phrasing is None:
-            feed.stage = "tts-stream"
+        if phrasing is None or getattr(tts, "device", None) != "cpu":
+            feed.stage = "tts-beside"
         try:
             chunks = tts.stream(feed.pieces(stop), voice=voice, cancel=stop, phrasing=phrasing)
             for chunk in chunks:
