@@ -97,24 +97,28 @@ class DeviceTTS(FakeTTS):
         self.waits: list[float] = []
 
     def stream(self, text, voice=None, cancel=None, *, phrasing=None):
+        pieces = [text] if isinstance(text, str) else text
+        for phrase in split_stream(pieces, phrasing=phrasing):
+            self.waits.append(self._llm_step_wait())
+            yield self._chunk(phrase)
+
+    @staticmethod
+    def _llm_step_wait() -> float:
         import threading
         import time
 
         from voice_agent.core.threads import CPU_CORES
 
-        pieces = [text] if isinstance(text, str) else text
-        for phrase in split_stream(pieces, phrasing=phrasing):
-            deadline = time.perf_counter() + 0.2
-            waited: list[float] = []
-            step = threading.Thread(
-                target=lambda: waited.append(
-                    CPU_CORES.give_way("llm", lambda: time.perf_counter() > deadline)
-                )
-            )
-            step.start()
-            step.join(5)
-            self.waits.append(waited[0])
-            yield self._chunk(phrase)
+        deadline = time.perf_counter() + 0.2
+        waited: list[float] = []
+
+        def step() -> None:
+            waited.append(CPU_CORES.give_way("llm", lambda: time.perf_counter() > deadline))
+
+        thread = threading.Thread(target=step)
+        thread.start()
+        thread.join(5)
+        return waited[0]
 
 
 def test_the_llm_waits_for_a_voice_on_this_cpu_only():
