@@ -316,11 +316,6 @@ def _conversation_tab(
                 sources=["microphone"],
                 streaming=True,
                 label="Hands-free microphone",
-                # The live waveform redraws its canvases many times a second for as long as
-                # hands-free listens: most of a core in Chromium, taken from the LLM and the
-                # voice on a laptop that runs both (docs/ui.md). The status line shows
-                # what the microphone hears instead.
-                waveform_options=gr.WaveformOptions(show_recording_waveform=False),
                 visible=False,
                 elem_id="hands-free-mic",
             )
