@@ -82,11 +82,6 @@ class TextFeed:
         # on is the answer's, not the filler's (for `TurnTimings.answer_audio`).
         self.answer_reached = False
         self._tools = False
-        # The reader's `CPU_CORES` stage: "tts", which the LLM gives way to, for a voice
-        # that makes a phrase at a time on this CPU; "tts-beside" for one that takes text
-        # while it speaks (Dia2: it computes all along and must not hold the LLM back),
-        # or computes elsewhere (a GPU, a remote server).
-        self.stage = "tts"
 
     def put(self, piece: str) -> None:
         self._queue.put(piece)
@@ -104,22 +99,22 @@ class TextFeed:
         """No more text: the reader's iterator ends after what is queued."""
         self._queue.put(None)
 
-    def pieces(self, stop: SpeechStop) -> Iterator[str]:
+    def pieces(self, stop: SpeechStop, stage: str = "tts") -> Iterator[str]:
         """The pieces as they arrive, until the feed closes or `stop` is set.
 
-        The reader counts as computing (`CPU_CORES`, stage `self.stage`) except while
-        it waits here for text, so the LLM has the cores to itself meanwhile.
+        The reader counts as computing (`CPU_CORES`, as `stage`) except while it waits
+        here for text, so the LLM has the cores to itself meanwhile.
         """
         while not stop.cancelled:
             w0 = time.perf_counter()
-            CPU_CORES.working(self.stage, False)
+            CPU_CORES.working(stage, False)
             try:
                 piece = self._queue.get(timeout=POLL_S)
             except queue.Empty:
                 continue
             finally:
                 self.waited_s += time.perf_counter() - w0
-                CPU_CORES.working(self.stage)
+                CPU_CORES.working(stage)
             if piece is None:
                 return
             if isinstance(piece, _AnswerMark):
@@ -172,10 +167,14 @@ def speak(
             return
         a0 = time.perf_counter()
         chunks: Iterator[AudioChunk] | None = None
-        if phrasing is None or getattr(tts, "device", None) != "cpu":
-            feed.stage = "tts-beside"
+        # "tts", which the LLM gives way to, for a voice that makes a phrase at a time on
+        # this CPU; "tts-beside" for one that takes text while it speaks (Dia2: it computes
+        # all along and must not hold the LLM back) or computes elsewhere (a GPU, a server).
+        on_cpu = phrasing is not None and getattr(tts, "device", None) == "cpu"
+        stage = "tts" if on_cpu else "tts-beside"
         try:
-            chunks = tts.stream(feed.pieces(stop), voice=voice, cancel=stop, phrasing=phrasing)
+            text = feed.pieces(stop, stage)
+            chunks = tts.stream(text, voice=voice, cancel=stop, phrasing=phrasing)
             for chunk in chunks:
                 CPU_CORES.fit()  # the LLM may have finished: the next piece gets its cores
                 if stop.cancelled:
@@ -191,7 +190,7 @@ def speak(
         except Exception as exc:  # the text goes on; the caller gets a notice
             relay.put(SpeechFailed(exc))
         finally:
-            CPU_CORES.working(feed.stage, False)
+            CPU_CORES.working(stage, False)
             timings.tts_s = max(0.0, time.perf_counter() - a0 - feed.waited_s)
             close = getattr(chunks, "close", None)
             if callable(close):
