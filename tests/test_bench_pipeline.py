@@ -97,3 +97,11 @@ def test_priming_prefills_the_shared_start_so_a_first_turn_computes_only_its_own
     turn = engine.last_prefill
     assert turn is not None and turn.reused_tokens > 1000
     assert turn.computed_tokens < 40, turn
+    # The voice bench loads the engine inside its `ScriptedLLM`: priming must reach it there
+    # too (the wrapper once hid `reuse_prompt_cache`, and `prime` quietly did nothing).
+    scripted = Agent(
+        fake_models(llm=ScriptedLLM(engine, PIECES), tts=FakeTTS()), tools=Toolbox(builtin_tools())
+    )
+    engine._prompt_cache = None
+    assert scripted.prime(wait_s=5)
+    assert engine.last_prefill is not None and engine.last_prefill.prompt_tokens > 1000

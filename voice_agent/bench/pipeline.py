@@ -97,14 +97,12 @@ class ScriptedLLM:
         self._llm = llm
         self.pieces = pieces
         self.call = call
-        self.model_id = llm.model_id
-        self.report = llm.report
-        self.context_length = llm.context_length
-        self.capabilities = llm.capabilities
 
     def __getattr__(self, name: str) -> Any:
-        # Everything else is the engine's (`reuse_prompt_cache`, so `Agent.prime` primes it;
-        # `count_tokens`, `last_prefill`, ...).
+        # Everything else is the engine's: `model_id`, `report`, `capabilities`,
+        # `reuse_prompt_cache` (so `Agent.prime` primes it), `count_tokens`, ...
+        if name == "_llm":  # not set yet (a copy being made): no endless lookup
+            raise AttributeError(name)
         return getattr(self._llm, name)
 
     def script_for(self, messages: Any, tools: Any, tool_choice: str = "auto") -> list[str]:
