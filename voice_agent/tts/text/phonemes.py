@@ -77,9 +77,9 @@ def _processor() -> Any:
 
 def phonemize(text: str) -> list[list[str]]:
     """IPA of `text`: a list of words, each a list of phonemes (punctuation as its own word)."""
-    processor = _processor()
     words: list[list[str]] = []
-    with _lock:
+    with _lock:  # also makes the first callers build one processor, not one each
+        processor = _processor()
         graph, root = processor(text, lang=LANG)
         for sentence in processor.sentences(graph, root):
             for word in sentence:
