@@ -87,3 +87,34 @@ def test_dia2_loads_with_our_runtime(tiny_models: Path) -> None:
         str(d / "dia2"), tokenizer_ref=str(d / "tokenizer"), mimi_ref=str(d / "mimi")
     )
     assert runtime.sample_rate == 24000
+
+
+def test_the_benchmark_tokenizer_splits_english_like_a_real_one() -> None:
+    """Shaped benchmark models take the English-trained tokenizer: common words are mostly
+    one token each and the built-in tool list is about as long as with Qwen2.5's tokenizer
+    (~1,000 tokens), not the tiny tokenizer's 2,300+ (which made decoding in the voice
+    bench slower than the real model's at its real context)."""
+    from voice_agent.core.config import load_settings
+    from voice_agent.llm.engine import DEFAULT_SYSTEM_PROMPT
+    from voice_agent.testing.tiny_llm import build_tokenizer
+    from voice_agent.tools.toolbox import Toolbox
+
+    english = build_tokenizer(english=True)
+    tiny = build_tokenizer()
+    words = " the weather is sunny this afternoon with a light breeze from the west"
+    assert (
+        len(english(words)["input_ids"]) <= len(words.split()) + 2 < len(tiny(words)["input_ids"])
+    )
+    messages = [
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+        {"role": "user", "content": "Hello."},
+    ]
+    tools = Toolbox.from_settings(load_settings({})).specs()
+
+    def prompt_tokens(tokenizer) -> int:
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
+        )
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    assert 700 <= prompt_tokens(english) <= 1_300 < 2 * 1_000 <= prompt_tokens(tiny)

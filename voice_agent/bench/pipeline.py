@@ -170,11 +170,13 @@ class ScriptedLLM:
 
 
 def build_llm(out_dir: Path, *, tiny: bool = False, size: QwenSize = "0.5B") -> Path:
-    """Qwen2.5-`size` shapes, the test tokenizer, and only that tokenizer's words ever chosen.
+    """Qwen2.5-`size` shapes, an English-trained tokenizer, and only its words ever chosen.
 
-    `tiny`: the test model's two small layers instead (for tests of the bench itself).
-    The context is the shape's (the tools' prompt needs about 2500 of this tokenizer's
-    tokens; the tokenizer's own 512 would leave them out).
+    The tokenizer (`build_tokenizer(english=True)`) makes prompts about as long in tokens
+    as Qwen2.5's own (the built-in tools: about 1,100), so decoding runs at the real
+    context length. `tiny`: the test model's two small layers and the tiny test tokenizer
+    instead (for tests of the bench itself). The context is the shape's (the tokenizer's
+    own 512 would leave the tools out).
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
@@ -189,7 +191,7 @@ def build_llm(out_dir: Path, *, tiny: bool = False, size: QwenSize = "0.5B") -> 
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(english=not tiny)
     if tiny:
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(tiny_config(len(tokenizer), max_position_embeddings=TINY_CONTEXT))

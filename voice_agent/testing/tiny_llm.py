@@ -10,7 +10,8 @@ zero while every other logit is random), so a test's generation always runs unti
 `max_new_tokens`, a stop string or a cancel: lengths are predictable.
 
 `qwen25_config(size)` gives the exact shapes of Qwen2.5-0.5B/1.5B for the benchmark, and
-`build_shaped(size, out_dir)` writes such a model with random weights.
+`build_shaped(size, out_dir)` writes such a model with random weights and an English-trained
+tokenizer (`build_tokenizer(english=True)`), so its prompts are about as long as the real one's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 EOS = "<|im_end|>"
 PAD = "<|endoftext|>"
 BPE_VOCAB_SIZE = 512  # 256 byte symbols + merges; the specials come on top
+# Benchmark-shaped models: enough merges that most English words are one token, as in
+# Qwen2.5's 151k vocabulary (the built-in tool list is ~1,100 tokens with it, 2,340 with
+# the tiny one; by its 3,207 characters, Qwen2.5's own makes roughly 900-1,000).
+ENGLISH_VOCAB_SIZE = 50_000
 TINY_CONTEXT = 512  # small so history-trimming tests are cheap
 
 # Qwen2.5-Instruct's chat template (tokenizer_config.json of the Qwen2.5 instruct models),
@@ -101,8 +106,32 @@ Numbers like 1, 2, 3, 42 and 2024 appear in questions about dates, prices and di
 """
 
 
-def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE (Qwen's pre-tokenizer) trained on `CORPUS`: (vocab, merges)."""
+def english_corpus() -> list[str]:
+    """English text for a tokenizer that splits it about as finely as a real one does.
+
+    gruut's English lexicon (its 118k alphabetic words, lower case and capitalised) gives
+    the words; Python's own documentation (`pydoc_data`, 0.46 MB of English about code)
+    gives how often words and JSON-like punctuation occur. Neither needs the network.
+    """
+    import pydoc_data.topics
+    import sqlite3
+
+    import gruut_lang_en
+
+    db = Path(gruut_lang_en.__file__).parent / "lexicon.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as lexicon:
+        rows = lexicon.execute("SELECT DISTINCT word FROM word_phonemes").fetchall()
+    words = sorted(w for (w,) in rows if w.isalpha())
+    lines = [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]
+    lines += [" ".join(w.capitalize() for w in words[i : i + 50]) for i in range(0, len(words), 50)]
+    return lines + list(pydoc_data.topics.topics.values()) + CORPUS.splitlines()
+
+
+def _train_bpe(
+    corpus: list[str] | None = None, vocab_size: int = BPE_VOCAB_SIZE
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE (Qwen's pre-tokenizer) trained on `corpus` (default `CORPUS`):
+    (vocab, merges)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -115,11 +144,11 @@ def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE,
+        vocab_size=vocab_size,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    tokenizer.train_from_iterator(corpus or CORPUS.splitlines(), trainer=trainer)
     state = json.loads(tokenizer.to_str())["model"]
     merges: list[tuple[str, str]] = []
     for merge in state["merges"]:
@@ -128,12 +157,23 @@ def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return state["vocab"], merges
 
 
-def build_tokenizer(out_dir: Path | None = None, context: int = TINY_CONTEXT) -> Any:
+def build_tokenizer(
+    out_dir: Path | None = None, context: int = TINY_CONTEXT, *, english: bool = False
+) -> Any:
     """A `Qwen2Tokenizer` with Qwen's special tokens and Qwen2.5's chat template, tools
-    included (saved if `out_dir`)."""
+    included (saved if `out_dir`).
+
+    The default vocabulary is tiny (512 tokens, trained on `CORPUS` in milliseconds), so
+    English takes about 3 tokens per word. `english=True` trains `ENGLISH_VOCAB_SIZE`
+    tokens on `english_corpus()` (about 6 s) for benchmark-shaped models, whose prompts
+    should be about as long in tokens as with Qwen2.5's own tokenizer.
+    """
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    vocab, merges = _train_bpe()
+    if english:
+        vocab, merges = _train_bpe(english_corpus(), ENGLISH_VOCAB_SIZE)
+    else:
+        vocab, merges = _train_bpe()
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
@@ -184,7 +224,7 @@ def build(out_dir: Path, *, seed: int = 0, context: int = TINY_CONTEXT) -> Path:
     """Write a tiny random Qwen2 chat model with a real tokenizer to `out_dir`; returns it.
 
     Deterministic (same seed, same files) and network-free. `context`: its context length
-    (the tools of a turn need about 2500 of this tokenizer's tokens).
+    (the tools of a turn need about 2,300 of this tokenizer's tokens).
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
@@ -281,16 +321,18 @@ def build_shaped_model(size: QwenSize, dtype: str = "bfloat16", seed: int = 0) -
 
 
 def build_shaped(size: QwenSize, out_dir: Path, *, seed: int = 0) -> Path:
-    """Write a Qwen2.5-`size`-shaped random checkpoint (bf16, like the hub's) with the tiny tokenizer.
+    """Write a Qwen2.5-`size`-shaped random checkpoint (bf16, like the hub's) with an
+    English-trained tokenizer (`build_tokenizer(english=True)`), so prompts have about the
+    real model's length in tokens.
 
-    Token ids above the tiny tokenizer's vocabulary decode to nothing; speed does not
+    Token ids above the tokenizer's vocabulary decode to nothing; speed does not
     depend on it, and the engine counts tokens, not characters.
     """
     from transformers import GenerationConfig
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out_dir)
+    tokenizer = build_tokenizer(out_dir, english=True)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     pad_id = tokenizer.convert_tokens_to_ids(PAD)
     model = build_shaped_model(size, "bfloat16", seed)
