@@ -420,14 +420,25 @@ def test_speaking_over_the_reply_interrupts_it(app):
     assert interrupts == [1]
 
 
-def talk(handlers, ui, samples: np.ndarray, rate: int, pause: float = 0.6, tail_s: float = 1.0):
+def talk(
+    handlers,
+    ui,
+    samples: np.ndarray,
+    rate: int,
+    pause: float = 0.6,
+    tail_s: float = 1.0,
+    panel: tuple | None = None,
+):
     """Stream `samples` (int16) and `tail_s` of silence to `hear` in 250 ms chunks, as the
-    browser does; returns the turn triggers it gave."""
+    browser does (with the settings `panel`'s values when given, as the page sends them);
+    returns the turn triggers it gave."""
     audio = np.concatenate((samples, np.zeros(int(tail_s * rate), dtype=np.int16)))
     triggers = []
     step = rate // 4
     for start in range(0, len(audio), step):
-        _, trigger, _ = handlers.hear((rate, audio[start : start + step]), ui, pause)
+        _, trigger, _ = handlers.hear(
+            (rate, audio[start : start + step]), ui, pause, *(panel or ())
+        )
         if not isinstance(trigger, dict):
             triggers.append(trigger)
     return triggers
@@ -577,6 +588,101 @@ def test_switching_hands_free_off_discards_the_early_words(assets_dir):
     assert early is not None
     handlers.toggle_hands_free(False, ui)
     assert ui.early is None and early.discarded
+
+
+def wait_for(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_hands_free_answers_with_the_turn_started_at_the_pause(assets_dir):
+    """The lever of issue #14 for hands-free: at the short pause the whole turn starts
+    (words, reply, voice); the end of the pause confirms it, and the page's turn reads it
+    instead of starting again. It reaches the speaker only then."""
+    import soundfile as sf
+
+    stt = MeasuringSTT()
+    llm = FakeLLM("It is sunny.")
+    _, handlers, agent = make_app(fake_models(llm=llm, stt=stt))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    assert talk(handlers, ui, samples, rate, panel=controls()) == [1]
+    ahead = ui.ahead_queued
+    assert ahead is not None and not ahead.confirmed.is_set()
+    wait_for(lambda: llm.calls)  # the reply started before the page's turn did
+    assert ui.chat == [] and not ui.played_live  # nothing shown or played yet
+    heard_before = stt.calls
+    drain(handlers.hands_free_turn(ui, *controls()))
+    assert len(llm.calls) == 1 and stt.calls == heard_before, "the turn was started again"
+    assert llm.calls[0]["system_prompt"] == "Be brief."  # the panel's settings
+    heard = len(ahead.samples)
+    assert last_user_words(ui).endswith(f"heard {heard} samples")
+    assert "It is sunny." in ui.chat[-1]["content"]
+    assert [m["role"] for m in ui.session.history] == ["user", "assistant"]
+    assert agent.recent_timings()["turns"][-1]["ahead"] is True
+    assert ui.ahead_queued is None and ui.ahead is None
+
+
+def test_words_after_a_short_pause_drop_the_turn_started_there(assets_dir):
+    """speech_pause_speech.wav: a turn starts in its 1.6 s gap; the words after it discard
+    that turn (nothing of it is kept), and the turn that answers heard everything."""
+    import soundfile as sf
+
+    stt = MeasuringSTT()
+    llm = FakeLLM("Noted.", step_s=0.01)
+    _, handlers, agent = make_app(fake_models(llm=llm, stt=stt))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "speech_pause_speech.wav", dtype="int16")
+    gap_end = int(rate * 4.0)  # inside the 3.1-4.7 s gap, after its short pause
+    talk(handlers, ui, samples[:gap_end], rate, pause=2.0, tail_s=0.0, panel=controls())
+    first = ui.ahead
+    assert first is not None
+    wait_for(lambda: llm.calls)
+    assert talk(handlers, ui, samples[gap_end:], rate, pause=2.0, tail_s=2.5, panel=controls()) == [
+        1
+    ]
+    assert first.discarded
+    drain(handlers.hands_free_turn(ui, *controls()))
+    wait_for(lambda: first.done)
+    heard = len(first.samples)
+    user_turns = [m for m in ui.session.history if m["role"] == "user"]
+    assert len(user_turns) == 1 and ui.session.turns == 1
+    assert user_turns[0]["content"] != f"heard {heard} samples"  # not the discarded guess
+    assert last_user_words(ui).endswith(user_turns[0]["content"])
+    assert agent.recent_timings()["count"] == 1
+
+
+def test_changed_settings_make_the_turn_start_afresh(assets_dir):
+    import soundfile as sf
+
+    llm = FakeLLM("Fine.")
+    _, handlers, _ = make_app(fake_models(llm=llm, stt=MeasuringSTT()))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    assert talk(handlers, ui, samples, rate, panel=controls()) == [1]
+    ahead = ui.ahead_queued
+    wait_for(lambda: llm.calls)
+    drain(handlers.hands_free_turn(ui, *controls(prompt="Be formal.")))
+    assert ahead.discarded
+    assert [c["system_prompt"] for c in llm.calls][-1] == "Be formal."
+    assert len([m for m in ui.session.history if m["role"] == "user"]) == 1
+
+
+def test_a_typed_message_drops_the_turn_started_at_a_pause(assets_dir):
+    import soundfile as sf
+
+    llm = FakeLLM("Sure.")
+    _, handlers, _ = make_app(fake_models(llm=llm, stt=MeasuringSTT()))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    talk(handlers, ui, samples, rate, tail_s=0.0, panel=controls())  # paused, not ended
+    ahead = ui.ahead
+    assert ahead is not None
+    drain(handlers.send_text("Never mind.", ui, *controls()))
+    assert ahead.discarded and ui.ahead is None
+    assert [m["content"] for m in ui.session.history if m["role"] == "user"] == ["Never mind."]
 
 
 def test_hands_free_chunk_errors_do_not_end_the_stream(app):

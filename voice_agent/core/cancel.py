@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import threading
 
+# The cancel reason of work whose result will not be used (a guess the user's next words
+# made wrong): a tentative turn cancelled with it leaves nothing behind.
+DISCARDED = "discarded"
+
 
 class CancelToken:
     """A flag that a running generation checks once per step.

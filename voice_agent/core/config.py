@@ -236,6 +236,11 @@ VARIABLES: tuple[Variable, ...] = (
         "Hands-free mode: silence inside a turn after which the words so far are transcribed, so the turn finds them ready when it ends (seconds; 0 = transcribe only when the turn ends).",
     ),
     Variable(
+        "VAD_ANSWER_AHEAD",
+        "1",
+        "Hands-free mode: start answering at that short pause too; the answer plays only if the user says nothing more before the turn ends (its tool calls wait until then), and is dropped otherwise.",
+    ),
+    Variable(
         "VAD_BACKEND",
         "auto",
         "Voice activity (speech gate, hands-free, barge-in): auto = Silero VAD when it loads, else the numpy detector; numpy = the numpy detector only.",
@@ -370,6 +375,7 @@ class Settings:
     max_text_chars: int
     vad_pause_seconds: float
     vad_early_pause_seconds: float
+    vad_answer_ahead: bool
     vad_backend: VADBackendName
     server_host: str
     server_port: int
@@ -624,6 +630,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vad_early_pause_seconds=float(
             _number("VAD_EARLY_PAUSE_SECONDS", text("VAD_EARLY_PAUSE_SECONDS"), float, 0, 10)
         ),
+        vad_answer_ahead=parse_bool("VAD_ANSWER_AHEAD", text("VAD_ANSWER_AHEAD")),
         vad_backend=_choice("VAD_BACKEND", text("VAD_BACKEND"), ("auto", "numpy")),  # type: ignore[arg-type]
         server_host=text("MODEL_SERVER_HOST").strip(),
         server_port=int(_number("MODEL_SERVER_PORT", text("MODEL_SERVER_PORT"), int, 0, 65535)),

@@ -6,11 +6,13 @@ happens) and relays each one twice: when it starts and when it ends, so the chat
 can show it running (a call refused before it ran is relayed once). If they are still running after `filler_after_s`, the
 filler ("One moment.") goes to the voice once, so the person is not left in
 silence. A cancel (barge-in, Stop) stops every call still running: the records
-say "stopped", and the turn ends within a poll.
+say "stopped", and the turn ends within a poll. A tentative turn's calls start only
+once the turn is confirmed (`Acting.confirmed`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -39,6 +41,9 @@ class Acting:
         context: who the calls serve (session, consent, timers, time zone).
         speak_filler: the turn has a voice to say the filler with.
         filler, filler_after_s: what is said, and after how long, while tools run.
+        confirmed: a tentative turn's (`Agent.run_turn(confirmed=...)`): no call starts
+            before it is set, since the user may still be speaking (a timer set from half
+            a sentence would be wrong).
     """
 
     toolbox: Toolbox
@@ -46,6 +51,7 @@ class Acting:
     speak_filler: bool = True
     filler: str = FILLER
     filler_after_s: float = FILLER_AFTER_S
+    confirmed: threading.Event | None = None
 
 
 def act(
@@ -58,7 +64,11 @@ def act(
     timings: TurnTimings,
     clock: TurnClock,
 ) -> list[ToolRecord]:
-    """Run `calls` (at once) to their end, a time-out or a cancel; returns their records."""
+    """Run `calls` (at once) to their end, a time-out or a cancel; returns their records
+    (none when a tentative turn is cancelled before it is confirmed)."""
+    while acting.confirmed is not None and not acting.confirmed.wait(_POLL_S):
+        if is_cancelled(cancel):
+            return []
     t0 = time.perf_counter()
     runs = [acting.toolbox.start(call, acting.context) for call in calls]
     for run in runs:

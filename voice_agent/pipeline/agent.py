@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from voice_agent.core.cancel import CancelToken
+from voice_agent.core.cancel import DISCARDED, CancelToken
 from voice_agent.core.config import Settings
 from voice_agent.core.errors import BusyError, InputError, ModelUnavailableError
 from voice_agent.llm.base import ChatMessage, GenerationSettings
@@ -285,7 +285,13 @@ class Agent:
             "allow_actions_default": self.settings.tools_allow_actions,
         }
 
-    def _acting(self, session: Session, token: CancelToken, spoken: bool) -> Acting:
+    def _acting(
+        self,
+        session: Session,
+        token: CancelToken,
+        spoken: bool,
+        confirmed: threading.Event | None = None,
+    ) -> Acting:
         zone = self.settings.time_zone
         if zone:
             from zoneinfo import ZoneInfo
@@ -302,7 +308,11 @@ class Agent:
             time_zone=time_zone,
         )
         return Acting(
-            self.toolbox, context, speak_filler=spoken, filler_after_s=self.filler_after_s
+            self.toolbox,
+            context,
+            speak_filler=spoken,
+            filler_after_s=self.filler_after_s,
+            confirmed=confirmed,
         )
 
     # --- sessions ---------------------------------------------------------------------------
@@ -352,6 +362,7 @@ class Agent:
         speech_ended_at: float | None = None,
         speak: bool = True,
         early: EarlyHearing | None = None,
+        confirmed: threading.Event | None = None,
     ) -> Iterator[TurnEvent]:
         """Run one turn and yield its events as they happen.
 
@@ -366,6 +377,10 @@ class Agent:
             early: `audio` heard ahead (`hear_early`, hands-free): its words are used when
                 it heard this very audio and came to a result (waiting for it if it is
                 still running); otherwise the turn transcribes as usual. Discarded after.
+            confirmed: makes the turn tentative (`pipeline.ahead.TurnAhead`: started at
+                the user's short pause): its tool calls and its commit to the history
+                wait until this is set, and a cancel with reason `DISCARDED` leaves
+                nothing of it behind (no history, turn count or timings).
         """
         clock = TurnClock(speech_ended_at if speech_ended_at is not None else time.perf_counter())
         timings = TurnTimings(session_id=session.id, input="audio" if audio is not None else "text")
@@ -382,9 +397,12 @@ class Agent:
             return
         session.turns += 1
         timings.turn = session.turns
+        timings.ahead = confirmed is not None
         finished = False
         try:
-            yield from self._turn_events(session, turn, timings, clock, audio, text, speak, early)
+            yield from self._turn_events(
+                session, turn, timings, clock, audio, text, speak, early, confirmed
+            )
             finished = True
         finally:
             if not finished:
@@ -393,6 +411,9 @@ class Agent:
                 token.cancel("closed")
             if early is not None:
                 early.discard()  # used or not, nothing may take it again
+            if token.reason == DISCARDED:
+                with session._mutex:
+                    session.turns -= 1
             self._leave(session, turn, interrupted=True)
 
     def _enter(self, session: Session, turn: _Turn) -> None:
@@ -427,8 +448,9 @@ class Agent:
 
     @staticmethod
     def _commit(session: Session, turn: _Turn, *, interrupted: bool) -> None:
-        """Append the turn to history once (caller holds `session._mutex`)."""
-        if turn.committed or turn.user is None:
+        """Append the turn to history once (caller holds `session._mutex`); a discarded
+        tentative turn is never appended."""
+        if turn.committed or turn.user is None or turn.token.reason == DISCARDED:
             turn.committed = True
             return
         turn.committed = True
@@ -468,6 +490,7 @@ class Agent:
         text: str | None,
         speak: bool = True,
         early: EarlyHearing | None = None,
+        confirmed: threading.Event | None = None,
     ) -> Iterator[TurnEvent]:
         token = turn.token
 
@@ -509,7 +532,7 @@ class Agent:
                 )
         acting = None
         if session.tools and llm.capabilities.tools:
-            acting = self._acting(session, token, spoken=tts is not None)
+            acting = self._acting(session, token, spoken=tts is not None, confirmed=confirmed)
         try:
             reply = start_reply(
                 llm,
@@ -549,12 +572,15 @@ class Agent:
                 f"The reply failed: {reason(relayed.llm_error)}",
             )
             return
+        while confirmed is not None and not confirmed.wait(_POLL_S) and not token.cancelled:
+            pass  # a tentative turn joins the history only once it is known to be the turn
         interrupted = token.cancelled
         timings.interrupted = interrupted
         with session._mutex:
             self._commit(session, turn, interrupted=interrupted)
         timings.total = clock.elapsed()
-        self._record(timings)
+        if token.reason != DISCARDED:
+            self._record(timings)
         yield TurnEvent("done", reply_text, timings=timings, interrupted=interrupted)
 
     def _think_and_speak(

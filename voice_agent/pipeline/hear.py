@@ -25,7 +25,7 @@ import numpy as np
 
 from voice_agent.audio.gate import is_speech
 from voice_agent.audio.io import SAMPLE_RATE, load_audio
-from voice_agent.core.cancel import CancelToken, is_cancelled
+from voice_agent.core.cancel import DISCARDED, CancelToken, is_cancelled
 from voice_agent.core.config import Settings
 from voice_agent.core.errors import (
     BusyError,
@@ -157,6 +157,19 @@ def stt_unavailable(exc: ModelUnavailableError) -> StageError:
     return StageError(exc, "stt_unavailable", f"{exc} Type your message instead.")
 
 
+def same_audio(samples: np.ndarray, audio: object) -> bool:
+    """Whether `audio` (`(16000, samples)` or a bare 16 kHz array) is exactly `samples`."""
+    if isinstance(audio, tuple) and len(audio) == 2:
+        rate, other = audio
+    elif isinstance(audio, np.ndarray):
+        rate, other = SAMPLE_RATE, audio
+    else:
+        return False
+    if rate != SAMPLE_RATE or not isinstance(other, np.ndarray):
+        return False
+    return other.shape == samples.shape and np.array_equal(other, samples)
+
+
 class EarlyHearing:
     """The words of a hands-free utterance, heard on a worker before its turn starts.
 
@@ -213,19 +226,11 @@ class EarlyHearing:
 
     def discard(self) -> None:
         """The result will not be used: the work stops unless the engine already has it."""
-        self._token.cancel("discarded")
+        self._token.cancel(DISCARDED)
 
     def made_from(self, audio: object) -> bool:
         """Whether `audio` (`(16000, samples)` or a bare 16 kHz array) is what was heard."""
-        if isinstance(audio, tuple) and len(audio) == 2:
-            rate, samples = audio
-        elif isinstance(audio, np.ndarray):
-            rate, samples = SAMPLE_RATE, audio
-        else:
-            return False
-        if rate != SAMPLE_RATE or not isinstance(samples, np.ndarray):
-            return False
-        return samples.shape == self.samples.shape and np.array_equal(samples, self.samples)
+        return same_audio(self.samples, audio)
 
     def result(self, audio: object, cancel: object) -> Heard | None:
         """The words, when this heard `audio` and came to a result; None otherwise.
@@ -265,7 +270,7 @@ class EarlyHearing:
             )
             self.stt_s = timings.stt_s
         except StageCancelled:
-            self.failure = "discarded"
+            self.failure = DISCARDED
         except StageError as exc:
             self.failure = exc.message or str(exc.error)
         except Exception as exc:  # a guess that failed; the turn transcribes as usual
@@ -279,6 +284,6 @@ class EarlyHearing:
         while not other._done.wait(POLL_S) and not self.discarded:
             pass
         if self.discarded:
-            self.failure = "discarded"
+            self.failure = DISCARDED
             return False
         return True

@@ -39,7 +39,8 @@ class TurnTimings:
     `answer_token` and `answer_audio` (the first word and first sound of the answer
     written after the tools; `first_audio` may be the filler's). `heard_early`: the
     transcript was made while the user paused, before the turn ended (hands-free,
-    `hear.EarlyHearing`); `stt_s` is then that transcription's time.
+    `hear.EarlyHearing`); `stt_s` is then that transcription's time. `ahead`: the
+    turn itself started at that pause (`pipeline.ahead.TurnAhead`) and was kept.
     `first_audio_heard`: when the first sound came out in the browser, as the page
     player reported it (the Conversation tab only; `ui.playback`).
     """
@@ -66,6 +67,7 @@ class TurnTimings:
     audio_s: float = 0.0  # seconds of speech produced
     interrupted: bool = False
     heard_early: bool = False
+    ahead: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -204,7 +204,7 @@ def build_ui(
         )
         c["hf_mic"].stream(
             handlers.hear,
-            [c["hf_mic"], state, c["pause"]],
+            [c["hf_mic"], state, c["pause"], *controls],
             [c["hf_status"], trigger, interrupt],
             stream_every=0.25,
             time_limit=None,

@@ -81,6 +81,11 @@ class UISession:
         # user's last short pause; and of the queued utterance, which its turn takes.
         self.early: Any | None = None
         self.early_queued: Any | None = None
+        # The turn itself, started at that pause (`pipeline.ahead.TurnAhead`); the queued
+        # utterance's, confirmed and waiting for its turn to read it.
+        self.ahead: Any | None = None
+        self.ahead_queued: Any | None = None
+        self.controls: TurnControls | None = None  # the settings panel's, as the mic sends them
         self.utterance_seq = 0
         self.interrupt_seq = 0
         self.speaking_until = 0.0  # monotonic time the assistant's audio is expected to end
@@ -115,11 +120,14 @@ class Utterance:
         ended_at: `time.perf_counter()` when the user stopped talking (for the latency line).
         early: its words heard ahead (`Agent.hear_early`), for `run_turn(early=...)`;
             the turn uses them only when they were heard from this very audio.
+        ahead: its turn, already started at the user's last short pause and confirmed
+            (`pipeline.ahead.TurnAhead`), for `run_turn(ahead=...)`.
     """
 
     audio: tuple[int, np.ndarray]
     ended_at: float | None = None
     early: Any | None = None
+    ahead: Any | None = None
 
 
 def wav_bytes(sample_rate: int, samples: np.ndarray) -> bytes:
@@ -249,6 +257,7 @@ class Conversation:
         audio: Any | None = None,
         speech_ended_at: float | None = None,
         early: Any | None = None,
+        ahead: Any | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], str | None, str]]:
         """Run one turn, yielding (chat, audio, status text).
 
@@ -258,14 +267,23 @@ class Conversation:
         connected; `ui.played_live` then says so). The chat is the session's own
         list, updated in place as the transcript, reply text and latency arrive.
         `early`: the audio's words heard ahead (hands-free, `Utterance.early`).
+        `ahead`: the audio's turn, started at the user's short pause (`Utterance.ahead`):
+        its events are read instead of starting the turn again, when it was started with
+        these `controls`.
         """
         spoken = audio is not None
+        if ahead is not None and (ahead.controls != controls or not ahead.made_from(audio)):
+            ahead.discard()  # the settings changed since (or not its audio): start afresh
+            ahead = None
+        if ahead is None:
+            self._drop_ahead(ui)  # another message came first: that guess is not the turn
         if not ui.turn_lock.acquire(timeout=TURN_HANDOVER_S):
-            if early is not None:
-                early.discard()
+            for guess in (early, ahead):
+                if guess is not None:
+                    guess.discard()
             yield ui.chat, None, "Still answering the previous message: press Stop first."
             return
-        token = CancelToken()
+        token = ahead.token if ahead is not None else CancelToken()
         ui.cancel = token
         exchange = Exchange(user="(audio)" if spoken else (text or ""))
         user_msg = {
@@ -297,7 +315,11 @@ class Conversation:
                 extra["speech_ended_at"] = speech_ended_at
             if early is not None:
                 extra["early"] = early
-            turn = agent.run_turn(ui.session, audio=audio, text=text, cancel=token, **extra)
+            if ahead is not None:
+                turn = ahead.events()
+                early = None  # the turn ahead took it
+            else:
+                turn = agent.run_turn(ui.session, audio=audio, text=text, cancel=token, **extra)
             # While the turn waits behind other conversations, say so, with its place.
             gates = getattr(getattr(agent, "models", None), "gates", None) or {}
             events = watch_queue(turn, token, gates)
@@ -504,12 +526,21 @@ class Conversation:
 
     # --- hands-free ----------------------------------------------------------------------
 
-    def hear_chunk(self, ui: UISession, chunk: Any, pause_s: float | None) -> tuple[bool, bool]:
+    def hear_chunk(
+        self,
+        ui: UISession,
+        chunk: Any,
+        pause_s: float | None,
+        controls: TurnControls | None = None,
+    ) -> tuple[bool, bool]:
         """Feed one microphone chunk to turn detection.
 
+        `controls`: the settings panel's values, which a turn started ahead takes.
         Returns (a turn ended: an utterance is queued, the user barged in: the
         running turn was cancelled).
         """
+        if controls is not None:
+            ui.controls = controls
         if chunk is None:
             return False, False
         sample_rate, samples = chunk
@@ -538,8 +569,13 @@ class Conversation:
                 interrupted = True
             elif event.kind == "pause" and event.audio is not None and event.audio.size:
                 self._hear_early(ui, event.audio)
-            elif event.kind == "resume" and ui.early is not None:
-                ui.early.discard()  # more words are coming: that transcript is not the turn's
+                self._answer_ahead(ui, event)
+            elif event.kind == "resume":
+                # More words are coming: that transcript and that answer are not the turn's.
+                for guess in (ui.early, ui.ahead):
+                    if guess is not None:
+                        guess.discard()
+                ui.ahead = None
             elif event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
                 self.queue_utterance(ui, event)
                 ended = True
@@ -551,14 +587,20 @@ class Conversation:
         """An `end_of_turn`: its speech waits for the turn (`take_utterance`), with the
         words heard at its last pause when they are its words."""
         early, ui.early = ui.early, None
-        if ui.early_queued is not None:
-            # Speech already waits: the turn hears both joined, which no guess heard.
-            ui.early_queued.discard()
-            ui.early_queued = None
+        ahead, ui.ahead = ui.ahead, None
+        for queued in (ui.early_queued, ui.ahead_queued):
+            if queued is not None:
+                # Speech already waits: the turn hears both joined, which no guess heard.
+                queued.discard()
+        ui.early_queued = ui.ahead_queued = None
         if early is not None and not ui.utterances and early.made_from(event.audio):
             ui.early_queued = early
         elif early is not None:
             early.discard()
+        if ahead is not None and not ui.utterances and ahead.made_from(event.audio):
+            ui.ahead_queued = ahead  # the user is done: the page's turn reads (confirms) it
+        elif ahead is not None:
+            ahead.discard()
         ui.utterances.append(event.audio)
         ui.utterance_seq += 1
         ui.speech_ended_at = time.perf_counter() - event.silence_s
@@ -575,13 +617,53 @@ class Conversation:
             log.warning("could not start the early transcription", exc_info=True)
             self._drop_early(ui)
 
+    def _answer_ahead(self, ui: UISession, event: Any) -> None:
+        """The user paused: start their turn on the utterance so far, in place of the last
+        one started (`pipeline.ahead.TurnAhead`). Only in an idle tab with nothing queued,
+        when `VAD_ANSWER_AHEAD` is on and the microphone sent the settings panel's values
+        (the turn must be the one the page would start)."""
+        self._drop_ahead(ui)
+        settings = getattr(self.agent, "settings", None)
+        controls = ui.controls
+        if (
+            controls is None
+            or ui.busy
+            or ui.utterances
+            or not getattr(settings, "vad_answer_ahead", False)
+        ):
+            return
+        from voice_agent.pipeline.ahead import TurnAhead
+
+        try:
+            apply_controls(self.agent, ui.session, controls)
+            ui.ahead = TurnAhead(
+                self.agent,
+                ui.session,
+                event.audio,
+                early=ui.early,
+                speech_ended_at=time.perf_counter() - event.silence_s,
+                controls=controls,
+            )
+        except Exception:  # a guess; the turn starts as usual when the user is done
+            log.warning("could not start the turn ahead", exc_info=True)
+            ui.ahead = None
+
     @staticmethod
-    def _drop_early(ui: UISession) -> None:
+    def _drop_ahead(ui: UISession) -> None:
+        """Discard this tab's turns started ahead (none may be shown any more)."""
+        for ahead in (ui.ahead, ui.ahead_queued):
+            if ahead is not None:
+                ahead.discard()
+        ui.ahead = ui.ahead_queued = None
+
+    @classmethod
+    def _drop_early(cls, ui: UISession) -> None:
         """Discard every guess of this tab (none may be used any more)."""
         for early in (ui.early, ui.early_queued):
             if early is not None:
                 early.discard()
         ui.early = ui.early_queued = None
+        cls._drop_ahead(ui)
 
     def take_utterance(self, ui: UISession) -> Utterance | None:
         """The queued hands-free speech (joined, 16 kHz) and its early words, or None."""
@@ -592,7 +674,8 @@ class Conversation:
         audio = np.concatenate(ui.utterances)
         ui.utterances.clear()
         early, ui.early_queued = ui.early_queued, None
-        return Utterance((SAMPLE_RATE, audio), ui.speech_ended_at, early)
+        ahead, ui.ahead_queued = ui.ahead_queued, None
+        return Utterance((SAMPLE_RATE, audio), ui.speech_ended_at, early, ahead)
 
     def stop_listening(self, ui: UISession) -> None:
         """Hands-free switched off or the microphone stopped: drop the detector state."""

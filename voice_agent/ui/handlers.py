@@ -212,6 +212,7 @@ class Handlers:
             audio=utterance.audio,
             speech_ended_at=utterance.ended_at,
             early=utterance.early,
+            ahead=utterance.ahead,
         ):
             yield chat, _player(ui, reply), status
         if ui.detector is not None:
@@ -266,11 +267,13 @@ class Handlers:
         hint = "Press **Record** below, then just talk." if on else ""
         return gr.Audio(visible=bool(on)), hint, gr.Audio(visible=not on)
 
-    def hear(self, chunk: Any, ui: UISession | None, pause: Any) -> tuple[Any, ...]:
+    def hear(self, chunk: Any, ui: UISession | None, pause: Any, *controls: Any) -> tuple[Any, ...]:
         if not isinstance(ui, UISession):
             return gr.skip(), gr.skip(), gr.skip()
         try:
-            ended, interrupted = self.conversation.hear_chunk(ui, chunk, pause)
+            # The settings panel rides along, for a turn started at the user's short pause.
+            given = self._controls(*controls) if len(controls) == 4 else None
+            ended, interrupted = self.conversation.hear_chunk(ui, chunk, pause, given)
         except Exception as exc:  # a bad chunk must not end the stream
             log.warning("hands-free chunk dropped: %s", exc)
             return (
