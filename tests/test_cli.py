@@ -75,7 +75,7 @@ def test_doctor_text_names_what_is_missing(tmp_path: Path, tiny_models: Path) ->
     assert out.returncode == 0, out.stderr
     assert "offline mode: ON (set by HF_HUB_OFFLINE)" in out.stdout
     assert f"llm: {tiny_models / 'llm'} -> found (local_dir" in out.stdout
-    assert "stt [ctranslate2]: openai/whisper-base.en -> MISSING" in out.stdout
+    assert "stt [moonshine]: UsefulSensors/moonshine-base -> MISSING" in out.stdout
 
 
 def test_bad_setting_is_one_clear_line() -> None:

@@ -126,7 +126,9 @@ def test_machine_dependent_defaults() -> None:
         and gpu["tts_backend"] == "dia2"
         and gpu["mimi"] == "kyutai/mimi"
     )
-    # Whisper stays on the CPU by default (the seed's choice), so its CPU default holds with a GPU too.
+    # Whisper stays on the CPU beside a GPU (the seed's choice), with word timings for Dia2;
+    # a CPU-only machine gets Moonshine.
+    assert cpu["stt"] == "UsefulSensors/moonshine-base"
     assert gpu["stt"] == "openai/whisper-base.en"
     assert (
         configured_models(load_settings({"WHISPER_DEVICE": "auto"}), True)["stt"]

@@ -15,6 +15,9 @@ from voice_agent.core.errors import InputError, ModelLoadError
 from voice_agent.stt.base import Speech, Transcript
 from voice_agent.testing import tiny_whisper
 
+# A Whisper model named, so the backend choice is Whisper's whatever the CPU default is.
+WHISPER = load_settings({"STT_MODEL_NAME": "openai/whisper-base.en"})
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -175,9 +178,7 @@ def test_backend_setting_picks_the_strategies(checkpoints, home):
         match="STT_BACKEND='onnx' is not valid; accepted values: auto, transformers, ctranslate2",
     ):
         load_settings({"STT_BACKEND": "onnx"})
-    assert (
-        configured_models(load_settings({}), cuda_available=False)["stt_backend"] == "ctranslate2"
-    )
+    assert configured_models(WHISPER, cuda_available=False)["stt_backend"] == "ctranslate2"
     assert (
         configured_models(load_settings({"WHISPER_DEVICE": "auto"}), True)["stt_backend"]
         == "transformers"
@@ -196,6 +197,4 @@ def test_missing_package_falls_back_with_the_reason_or_fails_clearly(
     assert chosen.strategy == "manual-cpu-fp32" and auto.report.chosen is chosen
     with pytest.raises(ModelLoadError, match="pip install ctranslate2"):
         engine(checkpoints["english"], home, "ctranslate2")
-    assert (
-        configured_models(load_settings({}), cuda_available=False)["stt_backend"] == "transformers"
-    )
+    assert configured_models(WHISPER, cuda_available=False)["stt_backend"] == "transformers"

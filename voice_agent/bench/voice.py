@@ -2,9 +2,10 @@
 
 Starts the app (`app.py`'s own `main`) on the pipeline bench's real-shaped random
 models: the CPU defaults' shapes (a Qwen2.5-1.5B-shaped LLM scripted to say a fixed
-3-sentence reply, `BENCH_LLM_SIZE=0.5B` for the 0.5B shape; a whisper-base.en-shaped
-Whisper; a Piper medium-shaped ONNX voice); any model named by the usual variables is
-used instead. It drives headless Chromium with a fake microphone playing
+3-sentence reply, `BENCH_LLM_SIZE=0.5B` for the 0.5B shape; the CPU default
+recogniser's shape, `DEFAULT_STT_CPU` (whisper-base.en, or Moonshine's when that is the
+default), decoding 16 tokens; a Piper medium-shaped ONNX voice); any model named by the
+usual variables is used instead. It drives headless Chromium with a fake microphone playing
 `assets/hello.wav` (3.4 s):
 
 - **record**: Record, the clip, Stop; end of speech is the click on Stop.
@@ -36,7 +37,7 @@ import time
 import urllib.request
 import wave
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -226,7 +227,6 @@ def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
     """Model variables for the app, whether the LLM is scripted, and what each model is."""
     from voice_agent.bench.pipeline import build_llm
     from voice_agent.testing.tiny_piper import build_shaped as build_piper
-    from voice_agent.testing.tiny_whisper import SHAPES, build_whisper
 
     env: dict[str, str] = {}
     about: dict[str, str] = {}
@@ -243,18 +243,34 @@ def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
             f"Qwen2.5-{size} shape, random weights, scripted reply (bench.pipeline.REPLY)"
         )
     if "stt" not in env:
-        path = build_whisper(
-            root / "stt", SHAPES["base"], text_tokens=50256, multilingual=False, languages=99,
-            max_length=16,
-        )  # fmt: skip
+        path, about["stt"] = build_default_stt(root / "stt")
         env["STT_MODEL_NAME"] = str(path)
-        about["stt"] = "whisper-base.en shape, random weights, 16 tokens"
     if "tts" not in env:
         # The CPU default voice (Piper, onnxruntime), a medium voice's widths.
         env["TTS_MODEL_NAME"] = str(build_piper(root / "tts"))
         env["TTS_BACKEND"] = "piper"
         about["tts"] = "Piper medium shape (ONNX), random weights"
     return env, not os.environ.get(MODEL_VARIABLES["llm"]), about
+
+
+def build_default_stt(out: Path, model_id: str | None = None) -> tuple[Path, str]:
+    """A random-weight recogniser shaped like `model_id` (default: the CPU default,
+    `DEFAULT_STT_CPU`) that decodes 16 tokens, and what it is."""
+    from voice_agent.core.config import DEFAULT_STT_CPU, names_moonshine
+
+    model_id = model_id or DEFAULT_STT_CPU
+    if names_moonshine(model_id):
+        from voice_agent.testing.tiny_moonshine import build_shaped
+
+        size: Literal["tiny", "base"] = "tiny" if "tiny" in model_id.lower() else "base"
+        path = build_shaped(out, size, decode_tokens=16)
+        return path, f"moonshine-{size} shape, random weights, 16 tokens"
+    from voice_agent.testing.tiny_whisper import SHAPES, build_whisper
+
+    path = build_whisper(
+        out, SHAPES["base"], text_tokens=50256, multilingual=False, languages=99, max_length=16
+    )
+    return path, "whisper-base.en shape, random weights, 16 tokens"
 
 
 def run(quick: bool = False) -> dict[str, Any]:

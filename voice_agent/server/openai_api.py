@@ -4,9 +4,9 @@ Clients configured for OpenAI work unchanged: the `model` field is accepted as
 given (`gpt-4o-mini`, `whisper-1`, `tts-1`, ... are all answered by the loaded
 LLM, Whisper and TTS; `/v1/models` lists the real ids), OpenAI's voice names
 map to the default voice, and errors use OpenAI's JSON shape. Fields we cannot
-honour (legacy `functions`, n > 1, mp3 output, speed) are refused with a 400
-that says so rather than silently ignored; harmless ones (user,
-presence_penalty, ...) are ignored.
+honour (legacy `functions`, n > 1, mp3 output, speed, word timestamps from a
+model without them) are refused with a 400 that says so rather than silently
+ignored; harmless ones (user, presence_penalty, ...) are ignored.
 
 Tools work as OpenAI's do: `tools` and `tool_choice` go to the model through its
 chat template, and the calls it makes come back as `message.tool_calls`
@@ -58,6 +58,7 @@ ROLES = {
     "tool": "tool",
 }
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
+TIMESTAMP_GRANULARITIES = ("segment", "word")
 SPEECH_FORMATS = ("wav", "pcm")
 
 
@@ -345,10 +346,27 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     )
 
 
+def timestamp_granularities(fields: dict[str, str], fmt: str) -> set[str]:
+    """OpenAI's `timestamp_granularities[]` (comma-joined by `read_audio_upload`), checked."""
+    raw = fields.get("timestamp_granularities[]") or fields.get("timestamp_granularities") or ""
+    asked = {v.strip().lower() for v in raw.split(",") if v.strip()}
+    unknown = sorted(asked - set(TIMESTAMP_GRANULARITIES))
+    if unknown:
+        raise InputError(
+            f"unsupported timestamp_granularities {shown(', '.join(unknown))}; "
+            f"accepted: {', '.join(TIMESTAMP_GRANULARITIES)}"
+        )
+    if asked and fmt != "verbose_json":
+        raise InputError("timestamp_granularities needs response_format verbose_json")
+    return asked
+
+
 @router.post(
     "/audio/transcriptions",
-    summary="Transcribe (multipart `file`, `language`, `response_format`)",
-    openapi_extra=upload_doc("model", "language", "response_format"),
+    summary=(
+        "Transcribe (multipart `file`, `language`, `response_format`, `timestamp_granularities[]`)"
+    ),
+    openapi_extra=upload_doc("model", "language", "response_format", "timestamp_granularities[]"),
 )
 async def transcriptions(request: Request) -> Response:
     settings = server_state(request).settings
@@ -360,9 +378,11 @@ async def transcriptions(request: Request) -> Response:
             f"accepted: {', '.join(TRANSCRIPTION_FORMATS)}"
         )
     language = check_language(fields.get("language"))
+    # Word timings when asked (Whisper's alignment heads); the one segment needs none.
+    words = "word" in timestamp_granularities(fields, fmt)
 
     def work(engine: Any, token: CancelToken) -> Any:
-        return transcribe_upload(engine, data, language, settings)
+        return transcribe_upload(engine, data, language, settings, words=words)
 
     transcript = await call_engine(request, "stt", work)
     if fmt == "text":

@@ -384,12 +384,18 @@ async def read_audio_upload(request: Request, settings: Settings) -> tuple[bytes
     """The uploaded audio and the other form (or query) fields.
 
     Accepts multipart/form-data with the audio in `file` (OpenAI's name) or
-    `audio`, or the audio as the raw body with an audio content type.
+    `audio`, or the audio as the raw body with an audio content type. An array
+    field sent once per value (`timestamp_granularities[]=word`, repeated) comes
+    back as one comma-separated value; any other repeated field keeps its last value.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=32)
-        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        fields: dict[str, str] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                joined = key.endswith("[]") and key in fields
+                fields[key] = f"{fields[key]},{value}" if joined else value
         upload = form.get("file") or form.get("audio")
         if upload is None or isinstance(upload, str):
             raise InputError("missing the audio: send it as the multipart file field `file`")
@@ -424,12 +430,26 @@ def check_language(language: str | None) -> str | None:
     return value
 
 
-def transcribe_upload(stt: Any, data: bytes, language: str | None, settings: Settings) -> Any:
-    """Decode and bound the upload (duration), then transcribe it. Runs under the STT gate."""
-    from voice_agent.audio.io import SAMPLE_RATE, load_audio
+def transcribe_upload(
+    stt: Any, data: bytes, language: str | None, settings: Settings, *, words: bool = False
+) -> Any:
+    """Decode and bound the upload (duration), then transcribe it. Runs under the STT gate.
 
+    Raises:
+        WordTimestampsUnsupportedError: `words` asked of an engine without
+            `capabilities.timestamps` (a 400, before the audio is decoded).
+    """
+    from voice_agent.audio.io import SAMPLE_RATE, load_audio
+    from voice_agent.stt.base import WordTimestampsUnsupportedError
+
+    if words and not stt.capabilities.timestamps:
+        raise WordTimestampsUnsupportedError(
+            f"{stt.model_id} gives no word timestamps; ask without "
+            "timestamp_granularities=word, or load a Whisper model (STT_MODEL_NAME)"
+        )
     samples = load_audio(data, target_rate=SAMPLE_RATE, max_seconds=settings.max_audio_seconds)
-    return stt.transcribe((SAMPLE_RATE, samples), language=language)
+    run = stt.transcribe_words if words else stt.transcribe
+    return run((SAMPLE_RATE, samples), language=language)
 
 
 # --- LLM and speech helpers shared by the seed and OpenAI routes ----------------------------------

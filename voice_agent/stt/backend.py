@@ -1,9 +1,9 @@
-"""What every Whisper runtime behind `WhisperSTT` implements, and what they share.
+"""What every recogniser runtime behind `WhisperSTT` implements, and what they share.
 
-A runtime (transformers' manual `generate`, transformers' pipeline, CTranslate2)
-is loaded by one strategy of the engine's loading chain and then only decodes:
-the engine does the audio intake, the speech gate, language checks, locking and
-timing once for all of them.
+A runtime (transformers' manual Whisper `generate`, transformers' pipeline,
+CTranslate2, Moonshine) is loaded by one strategy of the engine's loading chain
+and then only decodes: the engine does the audio intake, the speech gate,
+language checks, locking and timing once for all of them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 
 from voice_agent.audio.io import SAMPLE_RATE
 
-StrategyKind = Literal["ctranslate2", "manual", "pipeline"]
-STRATEGY_KINDS: tuple[StrategyKind, ...] = ("ctranslate2", "manual", "pipeline")
+StrategyKind = Literal["ctranslate2", "manual", "pipeline", "moonshine"]
+STRATEGY_KINDS: tuple[StrategyKind, ...] = ("ctranslate2", "manual", "pipeline", "moonshine")
 CHUNK_SECONDS = 30  # Whisper's window; longer audio is decoded window by window
 
 
@@ -32,10 +32,19 @@ class Decoded:
 
 
 class Backend(Protocol):
-    """A loaded recogniser: the manual Whisper model, a transformers pipeline or CTranslate2."""
+    """A loaded recogniser: the manual Whisper model, a transformers pipeline, CTranslate2
+    or Moonshine.
+
+    Attributes:
+        kind: the strategy kind that loaded it.
+        multilingual: it takes a language; False for English-only models.
+        timestamps: `decode(words=True)` gives word timings (alignment heads, or a CTC
+            model's frames); Moonshine has neither.
+    """
 
     kind: StrategyKind
     multilingual: bool
+    timestamps: bool
 
     def detect_language(self, samples: np.ndarray) -> str | None: ...
 
@@ -49,13 +58,19 @@ class Backend(Protocol):
     ) -> Decoded: ...
 
 
-def decode_windows(decode: Callable[..., Decoded], samples: np.ndarray, **kwargs: Any) -> Decoded:
-    """`decode` run on each 30 s window of `samples` (16 kHz), joined: the text, and the word
-    timings shifted to their window's place."""
-    window = CHUNK_SECONDS * SAMPLE_RATE
+def decode_windows(
+    decode: Callable[..., Decoded],
+    samples: np.ndarray,
+    *,
+    window_s: int = CHUNK_SECONDS,
+    **kwargs: Any,
+) -> Decoded:
+    """`decode` run on each `window_s` window of `samples` (16 kHz), joined: the text, and the
+    word timings shifted to their window's place."""
+    window = window_s * SAMPLE_RATE
     parts = [decode(samples[i : i + window], **kwargs) for i in range(0, samples.shape[0], window)]
     merged = [
-        (w, s + n * CHUNK_SECONDS, e + n * CHUNK_SECONDS)
+        (w, s + n * window_s, e + n * window_s)
         for n, part in enumerate(parts)
         for (w, s, e) in part.words
     ]

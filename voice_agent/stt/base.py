@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from voice_agent.core.errors import InputError
 from voice_agent.core.loading import LoadReport
 
 # What every audio entry point accepts: a path, encoded bytes, a bare array
@@ -39,6 +40,12 @@ class Transcript:
     )  # (word, start_s, end_s) when asked
 
 
+class WordTimestampsUnsupportedError(InputError):
+    """Word timings were asked of an engine without `capabilities.timestamps` (HTTP 400)."""
+
+    code = "word_timestamps_unsupported"
+
+
 @dataclass(frozen=True)
 class STTCapabilities:
     """What an STT engine can do, declared by the engine when it is built (never probed).
@@ -46,7 +53,8 @@ class STTCapabilities:
     Attributes:
         languages: the language codes it can be asked for ("en" alone for an
             English-only model); empty when not known (a remote engine of an older server).
-        timestamps: it gives word timings (`transcribe_words`).
+        timestamps: it gives word timings (`transcribe_words`); an engine without them
+            has no `transcribe_words`, or one that raises `WordTimestampsUnsupportedError`.
     """
 
     languages: tuple[str, ...] = ("en",)

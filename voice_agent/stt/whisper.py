@@ -1,4 +1,10 @@
-"""Whisper speech to text, loaded by the project's strategy chain.
+"""Speech to text (Whisper, or Moonshine), loaded by the project's strategy chain.
+
+The checkpoint's `config.json` `model_type` picks the family. A Moonshine
+checkpoint (`moonshine`, English only, no word timings) loads with the Moonshine
+strategies whether STT_BACKEND is auto or transformers: int8 then fp32 on the
+CPU, fp16 first on CUDA (`STT_BACKEND=ctranslate2` is refused: it converts
+Whisper only). Everything else is treated as Whisper, as follows.
 
 `STT_BACKEND=auto` on the CPU first tries CTranslate2 with int8 weights
 (`whisper_ct2`, skipped with the reason when the package is missing); the
@@ -13,17 +19,20 @@ Audio goes through `voice_agent.audio.io.load_audio` (any format, any rate, mono
 16 kHz) and a speech gate, so silence and noise give "" instead of Whisper's
 hallucinated "Thank you.". A `Speech` value (what the turn passes) was decoded
 and gated by its caller already and goes straight to the model. Audio over 30 s
-uses Whisper's sequential long-form decoding.
+uses Whisper's sequential long-form decoding (window by window on CTranslate2
+and Moonshine).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,17 +42,20 @@ from voice_agent.audio.io import SAMPLE_RATE, load_audio
 from voice_agent.core.config import (
     ASSETS_DIR,
     DEFAULT_STT_CPU,
+    DEFAULT_STT_CPU_BESIDE_GPU,
     DEFAULT_STT_CUDA,
     Settings,
     SettingsError,
     STTBackendName,
+    default_stt,
     get_settings,
+    names_moonshine,
 )
 from voice_agent.core.errors import BusyError, InputError
 from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
 from voice_agent.core.loading import LoadReport, Strategy, estimate_bytes, run_chain
 from voice_agent.core.threads import CPU_CORES
-from voice_agent.stt import whisper_ct2
+from voice_agent.stt import moonshine, whisper_ct2
 from voice_agent.stt.backend import (
     CHUNK_SECONDS,
     STRATEGY_KINDS,
@@ -55,7 +67,13 @@ from voice_agent.stt.backend import (
     is_multilingual,
     language_tokens,
 )
-from voice_agent.stt.base import AudioInput, Speech, STTCapabilities, Transcript
+from voice_agent.stt.base import (
+    AudioInput,
+    Speech,
+    STTCapabilities,
+    Transcript,
+    WordTimestampsUnsupportedError,
+)
 from voice_agent.stt.whisper_ct2 import Progress, Quantization
 
 log = logging.getLogger(__name__)
@@ -63,11 +81,27 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "transformers", "ctranslate2")
 WARMUP_CLIP = ASSETS_DIR / "hello.wav"
 WARMUP_TOKENS = 8
-WHY_CPU_DEFAULT = (
-    f"{DEFAULT_STT_CPU} is the CPU default: on 2 cores it transcribes 10 s of speech in "
-    "1-1.4 s (real-time factor 0.11-0.14), leaving the cores to the LLM; small.en is "
-    "2.6-4x slower (README, STT benchmark)."
-)
+
+
+def why_cpu_default(model_id: str) -> str:
+    """The load report's note on why `model_id` is the CPU default (by its family)."""
+    if names_moonshine(model_id):
+        size = "tiny" if "tiny" in model_id.lower() else "base"
+        seconds = {"tiny": 0.32, "base": 0.34}[size]  # README, STT benchmark, side by side
+        return (
+            f"{model_id} is the CPU default: on 2 cores, with int8 weights, the moonshine-{size} "
+            f"shape transcribes a 3.4 s turn in {seconds:.2f} s where whisper-base.en on "
+            "CTranslate2, which pads every clip to 30 s, takes 0.87 s; English only, no word "
+            "timings (README, STT benchmark)."
+        )
+    return (
+        f"{model_id} is the CPU default: on 2 cores it transcribes 10 s of speech in "
+        "1-1.4 s (real-time factor 0.11-0.14), leaving the cores to the LLM; small.en is "
+        "2.6-4x slower (README, STT benchmark)."
+    )
+
+
+WHY_CPU_DEFAULT = why_cpu_default(DEFAULT_STT_CPU)
 
 
 def _detect(model: Any, feature_extractor: Any, samples: np.ndarray) -> str | None:
@@ -89,6 +123,7 @@ class ManualBackend:
     """`WhisperForConditionalGeneration.generate` driven directly."""
 
     kind: StrategyKind = "manual"
+    timestamps = True  # alignment heads (dynamic time warping over cross-attention)
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -161,6 +196,9 @@ class PipelineBackend:
         self.pipe = pipe
         self.is_whisper = pipe.model.config.model_type == "whisper"
         self.multilingual = self.is_whisper and is_multilingual(pipe.model.generation_config)
+        # Whisper aligns with its cross-attention heads, CTC models with their frames; other
+        # sequence-to-sequence models (Moonshine) have no word timings in the pipeline.
+        self.timestamps = self.is_whisper or getattr(pipe, "type", "") != "seq2seq"
 
     def detect_language(self, samples: np.ndarray) -> str | None:
         if not self.is_whisper:
@@ -234,17 +272,20 @@ def normalize_language(language: str | None) -> str | None:
 
 
 class WhisperSTT:
-    """Whisper speech to text (the seed's `WhisperSTT()` name).
+    """Speech to text with Whisper or Moonshine (the seed's `WhisperSTT()` name).
 
     Args:
         model_name: hub id or local directory; default STT_MODEL_NAME, else
-            `DEFAULT_STT_CUDA` on CUDA and `DEFAULT_STT_CPU` on the CPU.
+            `config.default_stt`: `DEFAULT_STT_CUDA` on CUDA, `DEFAULT_STT_CPU_BESIDE_GPU`
+            on the CPU of a CUDA machine, `DEFAULT_STT_CPU` on a CPU-only one.
         settings: defaults to the process settings.
         backend: "auto", "transformers" or "ctranslate2"; default STT_BACKEND.
             auto = CTranslate2 int8 first on the CPU (skipped with the reason when the
             package is missing, failing over to transformers), transformers on CUDA.
+            A Moonshine checkpoint loads with the "moonshine" strategies under auto and
+            transformers; ctranslate2 raises `SettingsError` for it.
         strategies: loading strategies to try, in order ("ctranslate2", "manual",
-            "pipeline"); default: those of `backend`.
+            "pipeline", "moonshine"); default: those of `backend` for the checkpoint.
         warmup: decode the bundled clip once after loading.
         busy_timeout_s: how long `transcribe` waits for a running one before
             raising `BusyError` (default MODEL_SERVER_TIMEOUT_S).
@@ -254,6 +295,7 @@ class WhisperSTT:
 
     Raises:
         ModelLoadError: nothing could load the model; `.report` says why.
+        SettingsError: a bad STT_LANGUAGE or STT_BACKEND, or ctranslate2 for Moonshine.
     """
 
     sample_rate = SAMPLE_RATE
@@ -274,15 +316,23 @@ class WhisperSTT:
         self.device = choose_device(self.settings.whisper_device)
         self.ct2_quantization: Quantization = ct2_quantization
         self.progress = progress
-        default = DEFAULT_STT_CUDA if self.device == "cuda" else DEFAULT_STT_CPU
+        default = default_stt(
+            self.device == "cuda", self.device == "cuda" or _cuda_missing() is None
+        )
         self.model_id = model_name or self.settings.stt_model_name or default
         self.report = LoadReport("stt", self.model_id)
         if not (model_name or self.settings.stt_model_name):
-            self.report.notes.append(
-                f"{DEFAULT_STT_CUDA} is the CUDA default."
-                if self.device == "cuda"
-                else WHY_CPU_DEFAULT
-            )
+            if self.device == "cuda":
+                note = f"{DEFAULT_STT_CUDA} is the CUDA default."
+            elif default == DEFAULT_STT_CPU_BESIDE_GPU:
+                note = (
+                    f"{default} is the default on the CPU of a CUDA machine: Dia2 aligns its "
+                    f"voice prefixes with Whisper's word timings, which {DEFAULT_STT_CPU} (the "
+                    "default without CUDA) does not give."
+                )
+            else:
+                note = why_cpu_default(self.model_id)
+            self.report.notes.append(note)
         self.default_language = self.settings.stt_language
         try:  # a bad STT_LANGUAGE fails at load, not on every call
             normalize_language(self.default_language)
@@ -300,17 +350,36 @@ class WhisperSTT:
             raise
         self.path = resolved.path
         self.report.resolved_path, self.report.source = str(resolved.path), resolved.source
+        self.model_type = checkpoint_model_type(self.path)
         kinds = strategies or self._kinds(backend or self.settings.stt_backend)
         self.backend: Backend = run_chain(self.report, self._strategies(kinds))
         self.loaded_device = self.report.chosen.device if self.report.chosen else self.device
-        self.capabilities = STTCapabilities(languages=self._languages(), timestamps=True)
+        self.capabilities = STTCapabilities(
+            languages=self._languages(), timestamps=self.backend.timestamps
+        )
         if warmup:
             self.warmup()
 
     # --- loading ----------------------------------------------------------------------------
 
     def _kinds(self, backend: str) -> tuple[StrategyKind, ...]:
-        """The strategies of an STT_BACKEND value, in order."""
+        """The strategies of an STT_BACKEND value for this checkpoint, in order."""
+        if backend not in BACKENDS:
+            raise SettingsError(
+                f"STT_BACKEND={backend!r} is not valid; accepted values: {', '.join(BACKENDS)}."
+            )
+        if self.model_type == moonshine.MODEL_TYPE:
+            if backend == "ctranslate2":
+                raise SettingsError(
+                    f"STT_BACKEND=ctranslate2 converts Whisper checkpoints only, and "
+                    f"{self.model_id} is a Moonshine one: set STT_BACKEND=auto (or "
+                    "transformers) to run it, or STT_MODEL_NAME to a Whisper model."
+                )
+            self.report.notes.append(
+                f"STT_BACKEND={backend}: a Moonshine checkpoint runs on transformers"
+                + (", int8 on the CPU." if self.device == "cpu" else ", fp16 on CUDA.")
+            )
+            return ("moonshine",)
         if backend == "transformers":
             return ("manual", "pipeline")
         if backend == "ctranslate2":
@@ -320,10 +389,6 @@ class WhisperSTT:
                     "to the transformers backend."
                 )
             return ("ctranslate2",)
-        if backend != "auto":
-            raise SettingsError(
-                f"STT_BACKEND={backend!r} is not valid; accepted values: {', '.join(BACKENDS)}."
-            )
         if self.device == "cuda":
             self.report.notes.append(
                 "STT_BACKEND=auto: transformers fp16 on CUDA (CTranslate2 is used on the CPU)."
@@ -354,6 +419,8 @@ class WhisperSTT:
                     unavailable=whisper_ct2.unavailable,
                 )
             )
+        if "moonshine" in kinds:
+            out.extend(self._moonshine_strategies())
         places: list[tuple[str, str]] = [("cpu", "float32")]
         if self.device == "cuda":
             # CPU fp32 stays as the fallback, so a busy or broken GPU degrades instead of failing.
@@ -361,7 +428,7 @@ class WhisperSTT:
         for device, dtype in places:
             storage = "float16" if dtype == "float16" else "float32"
             for kind in kinds:
-                if kind == "ctranslate2":
+                if kind in ("ctranslate2", "moonshine"):
                     continue
                 out.append(
                     Strategy(
@@ -378,6 +445,47 @@ class WhisperSTT:
                         unavailable=_cuda_missing if device == "cuda" else None,
                     )
                 )
+        return out
+
+    def _moonshine_strategies(self) -> list[Strategy[Backend]]:
+        """fp16 on CUDA (when asked for), then int8 and fp32 on the CPU."""
+        from voice_agent.core.hardware import cuda_free_bytes, ram_available_bytes
+
+        places: list[tuple[str, moonshine.Precision, str]] = [
+            ("cpu", "int8", "fp32"),  # quantized after an fp32 load: that is the peak
+            ("cpu", "float32", "fp32"),
+        ]
+        if self.device == "cuda":
+            places.insert(0, ("cuda", "float16", "fp16"))
+        out: list[Strategy[Backend]] = []
+        for device, precision, storage in places:
+            on_cuda = device == "cuda"
+            out.append(
+                Strategy(
+                    name=f"moonshine-{device}-{'int8' if precision == 'int8' else storage}",
+                    device=device,
+                    dtype="float16" if on_cuda else "float32",  # activations
+                    quantization="int8" if precision == "int8" else None,
+                    load=partial(
+                        moonshine.load,
+                        self.path,
+                        self.settings,
+                        device=device,
+                        precision=precision,
+                    ),
+                    needed_bytes=partial(
+                        self._estimate, "float16" if storage == "fp16" else "float32"
+                    ),
+                    free_bytes=(lambda: cuda_free_bytes(0)) if on_cuda else ram_available_bytes,
+                    unavailable=(
+                        _cuda_missing
+                        if on_cuda
+                        else moonshine.int8_unavailable
+                        if precision == "int8"
+                        else None
+                    ),
+                )
+            )
         return out
 
     def _estimate(self, storage: str) -> int | None:
@@ -497,6 +605,8 @@ class WhisperSTT:
         decode length with `generate_kwargs={"min_new_tokens": n, "max_new_tokens": n}`).
         """
         code = self._language_for(language)
+        if words:
+            self._check_word_timings()
         with self._locked():
             if code is None and self.backend.multilingual:
                 code = self.backend.detect_language(samples)
@@ -540,12 +650,30 @@ class WhisperSTT:
 
         Timings come from Whisper's alignment heads (dynamic time warping over
         cross-attention), good to about 0.1 s on trained models.
+
+        Raises:
+            WordTimestampsUnsupportedError: the model gives no word timings
+                (`capabilities.timestamps` is False: Moonshine), before any decoding.
         """
         return self._run(audio, language, words=True)
+
+    def _check_word_timings(self) -> None:
+        if not self.capabilities.timestamps:
+            reason = (
+                moonshine.NO_WORD_TIMINGS
+                if self.backend.kind == "moonshine"
+                else f"the {self.backend.kind} backend gives no word timings for it"
+            )
+            raise WordTimestampsUnsupportedError(
+                f"{self.model_id} cannot give word timestamps: {reason}. Set STT_MODEL_NAME "
+                "to a Whisper model for them."
+            )
 
     def _run(self, audio: AudioInput, language: str | None, *, words: bool) -> Transcript:
         t0 = time.perf_counter()
         code = self._language_for(language)  # validate before decoding the audio
+        if words:
+            self._check_word_timings()
         if isinstance(audio, Speech) and audio.sample_rate == SAMPLE_RATE:
             samples, gated = np.asarray(audio.samples, dtype=np.float32), True
         else:
@@ -578,6 +706,15 @@ class WhisperSTT:
             speech_detected=True,
             words=decoded.words,
         )
+
+
+def checkpoint_model_type(path: Path) -> str | None:
+    """The `model_type` in the checkpoint folder's config.json; None when there is none."""
+    try:
+        value = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _cuda_missing() -> str | None:

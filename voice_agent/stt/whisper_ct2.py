@@ -138,6 +138,7 @@ class CT2Backend:
     """A converted Whisper run by `ctranslate2.models.Whisper`, greedy."""
 
     kind: StrategyKind = "ctranslate2"
+    timestamps = True  # CTranslate2's `align` (alignment heads, dynamic time warping)
 
     def __init__(self, model: Any, processor: Any, generation_config: Any, max_positions: int):
         self.model = model

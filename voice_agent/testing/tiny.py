@@ -1,7 +1,8 @@
 """`make-tiny-models DIR`: complete, loadable, random-weight checkpoints in seconds.
 
 `DIR/llm` (Qwen2 causal LM, real BPE tokenizer, ChatML template), `DIR/stt`
-(Whisper with processor), `DIR/vits` (VITS with tokenizer), `DIR/piper` (a
+(Whisper with processor), `DIR/stt-moonshine` (Moonshine with processor, see
+`tiny_moonshine`), `DIR/vits` (VITS with tokenizer), `DIR/piper` (a
 random Piper voice: `.onnx` + `.onnx.json`, see `tiny_piper`) and `DIR/dia2`
 (the `dia2/`, `tokenizer/` and `mimi/` of the Dia2 parity fixture in
 `tests/fixtures/dia2-tiny`). The real loading code loads them as if they came
@@ -20,7 +21,7 @@ from voice_agent.testing.paths import dia2_fixture_dir
 
 log = logging.getLogger(__name__)
 
-PARTS = ("llm", "stt", "vits", "piper", "dia2")
+PARTS = ("llm", "stt", "stt-moonshine", "vits", "piper", "dia2")
 
 
 def build_dia2(out_dir: Path) -> Path:
@@ -43,11 +44,12 @@ def build_dia2(out_dir: Path) -> Path:
 
 
 def _builders() -> dict[str, Callable[[Path], Path]]:
-    from voice_agent.testing import tiny_llm, tiny_piper, tiny_vits, tiny_whisper
+    from voice_agent.testing import tiny_llm, tiny_moonshine, tiny_piper, tiny_vits, tiny_whisper
 
     return {
         "llm": tiny_llm.build,
         "stt": tiny_whisper.build,
+        "stt-moonshine": tiny_moonshine.build,
         "vits": tiny_vits.build,
         "piper": tiny_piper.build,
         "dia2": build_dia2,
