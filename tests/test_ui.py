@@ -608,12 +608,15 @@ def test_hands_free_answers_with_the_turn_started_at_the_pause(assets_dir):
     _, handlers, agent = make_app(fake_models(llm=llm, stt=stt))
     ui = handlers.on_load()[0]
     samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
-    assert talk(handlers, ui, samples, rate, panel=controls()) == [1]
-    ahead = ui.ahead_queued
+    assert talk(handlers, ui, samples, rate, tail_s=0.0, panel=controls()) == []  # paused
+    ahead = ui.ahead
     assert ahead is not None and not ahead.confirmed.is_set()
-    wait_for(lambda: llm.calls)  # the reply started before the page's turn did
+    wait_for(lambda: llm.calls)  # the reply started before the user's turn ended
     assert ui.chat == [] and not ui.played_live  # nothing shown or played yet
     heard_before = stt.calls
+    silence = np.zeros(rate, dtype=np.int16)
+    assert talk(handlers, ui, silence, rate, tail_s=0.0, panel=controls()) == [1]
+    assert ahead.confirmed.is_set() and ui.ahead is None  # the turn took it at once
     drain(handlers.hands_free_turn(ui, *controls()))
     assert len(llm.calls) == 1 and stt.calls == heard_before, "the turn was started again"
     assert llm.calls[0]["system_prompt"] == "Be brief."  # the panel's settings
@@ -623,6 +626,46 @@ def test_hands_free_answers_with_the_turn_started_at_the_pause(assets_dir):
     assert [m["role"] for m in ui.session.history] == ["user", "assistant"]
     assert agent.recent_timings()["turns"][-1]["ahead"] is True
     assert ui.ahead_queued is None and ui.ahead is None
+
+
+def test_a_hands_free_turn_starts_on_the_server_when_the_user_is_done(assets_dir):
+    """The page's trigger comes back later (a round trip through Gradio's queue); the turn
+    and its voice do not wait for it. The page's turn then shows what was done."""
+    import soundfile as sf
+
+    from tests.test_playback import Reader
+
+    llm = FakeLLM("Right away.")
+    demo, handlers, _ = make_app(fake_models(llm=llm, stt=MeasuringSTT()))
+    ui = handlers.on_load()[0]
+    page = Reader(ui.audio)  # the page listens to the tab's audio stream
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    assert talk(handlers, ui, samples, rate, panel=controls()) == [1]
+    (feed,) = ui.feeds
+    wait_for(lambda: feed.done)  # answered and spoken before the page asked
+    assert [m["role"] for m in ui.session.history] == ["user", "assistant"]
+    assert ui.played_live and "audio" in page.kinds()  # the voice went to the page
+    steps = drain(handlers.hands_free_turn(ui, *controls()))
+    assert "Right away." in steps[-1][0][-1]["content"] and steps[-1][2] == "Ready"
+    assert ui.feeds == [] and len(llm.calls) == 1
+    demo.voice_agent_conversation.close(ui)
+    assert page.done.wait(5)
+
+
+def test_leaving_the_page_stops_a_turn_the_server_started(assets_dir):
+    import soundfile as sf
+
+    llm = FakeLLM("one two three four five six seven eight nine ten", step_s=0.05)
+    _, handlers, _ = make_app(fake_models(llm=llm, stt=MeasuringSTT()))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    assert talk(handlers, ui, samples, rate, panel=controls()) == [1]
+    (feed,) = ui.feeds
+    shown = handlers.hands_free_turn(ui, *controls())
+    next(shown)
+    shown.close()  # Gradio closes the handler: the page went away
+    wait_for(lambda: feed.done)
+    assert llm.cancelled and "…" in ui.session.history[-1]["content"]
 
 
 def test_words_after_a_short_pause_drop_the_turn_started_there(assets_dir):
@@ -661,9 +704,11 @@ def test_changed_settings_make_the_turn_start_afresh(assets_dir):
     _, handlers, _ = make_app(fake_models(llm=llm, stt=MeasuringSTT()))
     ui = handlers.on_load()[0]
     samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
-    assert talk(handlers, ui, samples, rate, panel=controls()) == [1]
-    ahead = ui.ahead_queued
+    assert talk(handlers, ui, samples, rate, tail_s=0.0, panel=controls()) == []  # paused
+    ahead = ui.ahead
     wait_for(lambda: llm.calls)
+    silence = np.zeros(rate, dtype=np.int16)  # the settings change before the turn ends
+    assert talk(handlers, ui, silence, rate, tail_s=0.0, panel=controls(prompt="Be formal.")) == [1]
     drain(handlers.hands_free_turn(ui, *controls(prompt="Be formal.")))
     assert ahead.discarded
     assert [c["system_prompt"] for c in llm.calls][-1] == "Be formal."

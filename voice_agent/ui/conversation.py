@@ -12,6 +12,7 @@ import html
 import io
 import json
 import logging
+import queue
 import tempfile
 import threading
 import time
@@ -25,6 +26,7 @@ import numpy as np
 
 from voice_agent.core.cancel import CancelToken
 from voice_agent.core.errors import InputError, ModelUnavailableError, VoiceAgentError
+from voice_agent.core.spaces import on_zero_gpu
 from voice_agent.ui.chat_text import safe_markdown, tool_message
 from voice_agent.ui.playback import AudioChannel, AudioChannels, default_channels, pcm16
 from voice_agent.ui.waiting import Queued, watch_queue
@@ -86,6 +88,9 @@ class UISession:
         self.ahead: Any | None = None
         self.ahead_queued: Any | None = None
         self.controls: TurnControls | None = None  # the settings panel's, as the mic sends them
+        # Hands-free turns started on the server as the user's turn ended, for the page's
+        # turn to show (`TurnFeed`), oldest first.
+        self.feeds: list[TurnFeed] = []
         self.utterance_seq = 0
         self.interrupt_seq = 0
         self.speaking_until = 0.0  # monotonic time the assistant's audio is expected to end
@@ -128,6 +133,60 @@ class Utterance:
     ended_at: float | None = None
     early: Any | None = None
     ahead: Any | None = None
+
+
+Update = tuple[list[dict[str, Any]], str | None, str]  # (chat, whole reply audio, status)
+
+
+class TurnFeed:
+    """A hands-free turn run on a worker from the moment the user's turn ends; the page's
+    turn (`Conversation.take_feeds`) shows its updates.
+
+    The page learns that a turn ended from the microphone stream's answer (a hidden
+    trigger) and only then asks for the turn: a reply, a change event and a new request
+    through Gradio's queue, all between the end of the pause and the first sound. Started
+    here, the turn's voice goes to the tab's audio stream (`ui.playback`) as it is made,
+    whatever the trigger's delay; the page's turn mirrors its chat and status.
+
+    Args:
+        updates: `Conversation.run_turn(...)`, run to its end on the worker.
+    """
+
+    def __init__(self, updates: Iterator[Update]) -> None:
+        self._updates = updates
+        self._queue: queue.Queue[Update | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="hands-free-turn", daemon=True)
+        self._worker.start()
+
+    def _run(self) -> None:
+        try:
+            for update in self._updates:
+                self._queue.put(update)
+                if self._stop.is_set():
+                    break
+        except Exception:  # run_turn reports its own failures; this is a bug
+            log.exception("the hands-free turn failed")
+        finally:
+            close = getattr(self._updates, "close", None)
+            if callable(close):
+                close()  # on this thread: run_turn's own cleanup cancels a turn left early
+            self._queue.put(None)
+
+    def updates(self) -> Iterator[Update]:
+        """The turn's updates as they come. Closing this early stops the turn ("closed")."""
+        finished = False
+        try:
+            while (update := self._queue.get()) is not None:
+                yield update
+            finished = True
+        finally:
+            if not finished:
+                self._stop.set()
+
+    @property
+    def done(self) -> bool:
+        return not self._worker.is_alive()
 
 
 def wav_bytes(sample_rate: int, samples: np.ndarray) -> bytes:
@@ -284,6 +343,12 @@ class Conversation:
             yield ui.chat, None, "Still answering the previous message: press Stop first."
             return
         token = ahead.token if ahead is not None else CancelToken()
+        if speech_ended_at is not None:
+            log.info(
+                "hands-free turn starts %.2f s after the end of speech (%s)",
+                time.perf_counter() - speech_ended_at,
+                "started ahead at the pause" if ahead is not None else "started now",
+            )
         ui.cancel = token
         exchange = Exchange(user="(audio)" if spoken else (text or ""))
         user_msg = {
@@ -605,6 +670,31 @@ class Conversation:
         ui.utterance_seq += 1
         ui.speech_ended_at = time.perf_counter() - event.silence_s
         ui.hands_free_status = "Thinking…"
+        if ui.controls is not None and not on_zero_gpu():
+            # The turn starts now, here (`TurnFeed`); on ZeroGPU the GPU exists only in the
+            # page's own handler, which then runs the turn.
+            utterance = self.take_utterance(ui)
+            if utterance is not None:
+                ui.feeds.append(TurnFeed(self.run_utterance(ui, ui.controls, utterance)))
+
+    def run_utterance(
+        self, ui: UISession, controls: TurnControls, utterance: Utterance
+    ) -> Iterator[Update]:
+        """`run_turn` for hands-free speech."""
+        return self.run_turn(
+            ui,
+            controls,
+            audio=utterance.audio,
+            speech_ended_at=utterance.ended_at,
+            early=utterance.early,
+            ahead=utterance.ahead,
+        )
+
+    @staticmethod
+    def take_feeds(ui: UISession) -> list[TurnFeed]:
+        """The hands-free turns started on the server since the page last asked, oldest first."""
+        feeds, ui.feeds = ui.feeds, []
+        return feeds
 
     def _hear_early(self, ui: UISession, samples: np.ndarray) -> None:
         """The user paused: start hearing the utterance so far, in place of the last guess."""
@@ -630,6 +720,7 @@ class Conversation:
             or ui.busy
             or ui.utterances
             or not getattr(settings, "vad_answer_ahead", False)
+            or on_zero_gpu()  # the GPU exists only inside the page's own handlers there
         ):
             return
         from voice_agent.pipeline.ahead import TurnAhead

@@ -203,18 +203,15 @@ class Handlers:
     def hands_free_turn(self, ui: UISession | None, *controls: Any):
         if not isinstance(ui, UISession):
             return
+        # Turns the server started as the user's turn ended (the usual case): show them.
+        feeds = self.conversation.take_feeds(ui)
+        runs = [feed.updates() for feed in feeds]
         utterance = self.conversation.take_utterance(ui)
-        if utterance is None:
-            return
-        for chat, reply, status in self.conversation.run_turn(
-            ui,
-            self._controls(*controls),
-            audio=utterance.audio,
-            speech_ended_at=utterance.ended_at,
-            early=utterance.early,
-            ahead=utterance.ahead,
-        ):
-            yield chat, _player(ui, reply), status
+        if utterance is not None:
+            runs.append(self.conversation.run_utterance(ui, self._controls(*controls), utterance))
+        for run in runs:
+            for chat, reply, status in run:
+                yield chat, _player(ui, reply), status
         if ui.detector is not None:
             ui.hands_free_status = "Listening — just talk; a pause ends your turn."
 
