@@ -147,3 +147,11 @@ def test_every_settings_field_has_a_documented_variable() -> None:
     for v in VARIABLES:
         assert f"`{v.name}`" in table
     assert len(Settings.__dataclass_fields__) >= 25
+
+
+def test_ctranslate2_asked_for_keeps_whisper_as_the_default() -> None:
+    """STT_BACKEND=ctranslate2 runs Whisper only, so the CPU-only default stays Whisper."""
+    out = configured_models(load_settings({"STT_BACKEND": "ctranslate2"}), cuda_available=False)
+    assert out["stt"] == "openai/whisper-base.en" and out["stt_backend"] == "ctranslate2"
+    auto = configured_models(load_settings({}), cuda_available=False)
+    assert auto["stt"] == "UsefulSensors/moonshine-base" and auto["stt_backend"] == "moonshine"

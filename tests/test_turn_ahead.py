@@ -125,3 +125,52 @@ def test_a_discarded_turn_never_runs_its_tools():
     ahead.discard()
     wait_until(lambda: ahead.done)
     assert ran == [] and session.history == [] and session.turns == 0
+
+
+def test_turn_numbers_stay_unique_when_a_stuck_discarded_turn_is_taken_over():
+    """A discarded turn stuck in a call that cannot stop (a transcription here) is taken
+    over by the next turn; it never had a number, so none repeats."""
+    hold = threading.Event()
+    stt = MeasuringSTT(hold=hold)
+    agent = Agent(fake_models(llm=FakeLLM("Fine."), stt=stt), busy_wait_s=0.2)
+    session = agent.new_session()
+    ahead = TurnAhead(agent, session, speech())
+    assert stt.started.wait(5)
+    ahead.discard()  # the user went on speaking
+    first = list(agent.run_turn(session, text="one"))
+    hold.set()
+    wait_until(lambda: ahead.done)
+    second = list(agent.run_turn(session, text="two"))
+    assert [first[-1].timings.turn, second[-1].timings.turn] == [1, 2]
+    assert [m["content"] for m in session.history if m["role"] == "user"] == ["one", "two"]
+
+
+def test_a_tentative_turn_stopped_before_it_was_taken_leaves_nothing():
+    """Any cancel before confirmation (Stop, a typed message taking over), not only
+    "discarded", leaves nothing behind."""
+    llm = FakeLLM("One two three four five six seven eight.", step_s=0.05)
+    agent = Agent(fake_models(llm=llm, stt=MeasuringSTT()))
+    session = agent.new_session()
+    ahead = TurnAhead(agent, session, speech())
+    wait_until(lambda: llm.emitted)
+    assert agent.cancel(session, "stopped")
+    wait_until(lambda: ahead.done)
+    assert session.history == [] and session.turns == 0
+    assert agent.recent_timings()["count"] == 0
+    with pytest.raises(RuntimeError):
+        next(ahead.events())
+
+
+def test_an_unclaimed_turn_ahead_lets_the_session_go(monkeypatch):
+    """A turn nobody takes (its caller lost it) discards itself, so the conversation is not
+    held by a turn waiting forever to be confirmed."""
+    from voice_agent.pipeline import ahead as ahead_module
+
+    monkeypatch.setattr(ahead_module, "UNCLAIMED_S", 0.3)
+    agent = Agent(fake_models(llm=FakeLLM("Done."), stt=MeasuringSTT()))
+    session = agent.new_session()
+    ahead = TurnAhead(agent, session, speech())
+    wait_until(lambda: ahead.done)
+    assert ahead.discarded and session.history == []
+    events = list(agent.run_turn(session, text="Still there?"))
+    assert events[-1].kind == "done"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fakes import FakeLLM, MeasuringSTT, fake_models
+from tests.fakes import FakeLLM, FakeTTS, MeasuringSTT, fake_models
 
 gr = pytest.importorskip("gradio")
 
@@ -668,6 +668,65 @@ def test_leaving_the_page_stops_a_turn_the_server_started(assets_dir):
     assert llm.cancelled and "…" in ui.session.history[-1]["content"]
 
 
+class SlowTTS(FakeTTS):
+    """Every phrase takes 1 s and cannot be interrupted (a CPU voice mid-phrase)."""
+
+    def stream(self, text, voice=None, cancel=None, *, phrasing=None):
+        for chunk in super().stream(text, voice, None, phrasing=phrasing):
+            time.sleep(1.0)
+            yield chunk
+
+
+@pytest.mark.parametrize("leave", ["clear", "close"])
+def test_a_turn_waiting_for_the_one_before_does_not_run_after_clear_or_close(leave, assets_dir):
+    """Barge-in cancels turn 1, which winds down inside a phrase; the new words' turn waits
+    for it. Clear (or closing the tab) then cancels that waiting turn too: no answer to a
+    conversation the user cleared or left."""
+    from types import SimpleNamespace
+
+    from voice_agent.audio.io import load_audio
+    from voice_agent.ui.conversation import TurnControls
+
+    llm = FakeLLM("One. Two. Three.", step_s=0.01)
+    demo, handlers, _ = make_app(fake_models(llm=llm, stt=MeasuringSTT(), tts=SlowTTS()))
+    conversation = demo.voice_agent_conversation
+    ui = handlers.on_load()[0]
+    ui.controls = TurnControls("Be brief.", 0.0, 64, "")
+    words = load_audio(assets_dir / "hello.wav")
+    conversation.queue_utterance(ui, SimpleNamespace(audio=words, silence_s=0.6))
+    wait_for(lambda: ui.busy and len(llm.calls) == 1)
+    time.sleep(0.2)  # turn 1 is inside a 1 s phrase
+    ui.cancel.cancel("barge-in")
+    conversation.queue_utterance(ui, SimpleNamespace(audio=words[:-160], silence_s=0.6))
+    first, second = ui.feeds
+    if leave == "clear":
+        conversation.clear(ui)
+    else:
+        conversation.close(ui)
+    wait_for(lambda: first.done and second.done, timeout=15)
+    assert len(llm.calls) == 1, "a turn started after the user cleared or left"
+
+
+def test_changed_settings_keep_the_words_heard_at_the_pause(assets_dir):
+    """The turn started ahead is dropped, not the words it heard: the fresh turn uses them."""
+    import soundfile as sf
+
+    stt = MeasuringSTT()
+    llm = FakeLLM("Fine.")
+    _, handlers, _ = make_app(fake_models(llm=llm, stt=stt))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    talk(handlers, ui, samples, rate, tail_s=0.0, panel=controls())
+    wait_for(lambda: llm.calls)
+    before = stt.calls
+    silence = np.zeros(rate, dtype=np.int16)
+    changed = controls(prompt="Be formal.")
+    assert talk(handlers, ui, silence, rate, tail_s=0.0, panel=changed) == [1]
+    drain(handlers.hands_free_turn(ui, *changed))
+    assert stt.calls == before, "the words were transcribed again"
+    assert llm.calls[-1]["system_prompt"] == "Be formal."
+
+
 def test_words_after_a_short_pause_drop_the_turn_started_there(assets_dir):
     """speech_pause_speech.wav: a turn starts in its 1.6 s gap; the words after it discard
     that turn (nothing of it is kept), and the turn that answers heard everything."""
@@ -927,3 +986,22 @@ def test_without_the_page_player_the_whole_reply_plays_at_the_end():
     assert all(not isinstance(s[1], gr.Audio) for s in steps[:-1])
     with wave.open(steps[-1][1].constructor_args["value"]) as w:
         assert w.getnframes() > 0 and w.getframerate() == 16_000
+
+
+def test_a_slow_page_gets_the_latest_update_of_a_turn_the_server_runs():
+    """Updates that piled up while the page was busy reach it as one (each costs a chat
+    render on the server and in the page); the last one, with the reply's file, always."""
+    from voice_agent.core.cancel import CancelToken
+    from voice_agent.ui.conversation import TurnFeed
+
+    chat: list = []
+
+    def turn():
+        for k in range(10):
+            chat.append(k)
+            yield chat, None, f"step {k}"
+        yield chat, "reply.wav", "Ready"
+
+    feed = TurnFeed(CancelToken(), turn())
+    wait_for(lambda: feed.done)
+    assert list(feed.updates()) == [(chat, "reply.wav", "Ready")]

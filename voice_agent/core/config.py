@@ -750,11 +750,17 @@ def names_moonshine(stt_model: str) -> bool:
     return "moonshine" in stt_model.lower()
 
 
-def default_stt(on_cuda: bool, cuda_available: bool) -> str:
-    """The speech recogniser used when STT_MODEL_NAME is unset (see `DEFAULT_STT_CPU`)."""
+def default_stt(on_cuda: bool, cuda_available: bool, backend: str = "auto") -> str:
+    """The speech recogniser used when STT_MODEL_NAME is unset (see `DEFAULT_STT_CPU`).
+
+    `STT_BACKEND=ctranslate2` asks for Whisper (CTranslate2 runs no Moonshine), so it
+    keeps whisper-base.en on a CPU-only machine too.
+    """
     if on_cuda:
         return DEFAULT_STT_CUDA
-    return DEFAULT_STT_CPU_BESIDE_GPU if cuda_available else DEFAULT_STT_CPU
+    if cuda_available or backend == "ctranslate2":
+        return DEFAULT_STT_CPU_BESIDE_GPU
+    return DEFAULT_STT_CPU
 
 
 def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str]:
@@ -772,7 +778,7 @@ def configured_models(settings: Settings, cuda_available: bool) -> dict[str, str
     whisper_cuda = settings.whisper_device == "cuda" or (
         settings.whisper_device == "auto" and cuda_available
     )
-    stt = settings.stt_model_name or default_stt(whisper_cuda, cuda_available)
+    stt = settings.stt_model_name or default_stt(whisper_cuda, cuda_available, settings.stt_backend)
     stt_backend: str = settings.stt_backend
     if stt_backend == "auto" and names_moonshine(stt):
         stt_backend = "moonshine"

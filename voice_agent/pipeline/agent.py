@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from voice_agent.core.cancel import DISCARDED, CancelToken
+from voice_agent.core.cancel import CancelToken
 from voice_agent.core.config import Settings
 from voice_agent.core.errors import BusyError, InputError, ModelUnavailableError
 from voice_agent.llm.base import ChatMessage, GenerationSettings
@@ -145,6 +145,12 @@ class _Turn:
     reply: ReplyStart | None = None  # its steps: the tool calls and results, in order
     committed: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    confirmed: threading.Event | None = None  # a tentative turn's (`run_turn(confirmed=...)`)
+
+    @property
+    def dropped(self) -> bool:
+        """A tentative turn cancelled before it was confirmed: nothing of it is kept."""
+        return self.confirmed is not None and not self.confirmed.is_set() and self.token.cancelled
 
 
 @dataclass
@@ -379,8 +385,9 @@ class Agent:
                 still running); otherwise the turn transcribes as usual. Discarded after.
             confirmed: makes the turn tentative (`pipeline.ahead.TurnAhead`: started at
                 the user's short pause): its tool calls and its commit to the history
-                wait until this is set, and a cancel with reason `DISCARDED` leaves
-                nothing of it behind (no history, turn count or timings).
+                wait until this is set, and a cancel before that (for whatever reason;
+                `DISCARDED` says the user went on) leaves nothing of it behind: no
+                history, turn number or timings, and `early` is left to its owner.
         """
         clock = TurnClock(speech_ended_at if speech_ended_at is not None else time.perf_counter())
         timings = TurnTimings(session_id=session.id, input="audio" if audio is not None else "text")
@@ -389,14 +396,16 @@ class Agent:
             yield self._error(err, timings, clock)
             return
         token = cancel or CancelToken()
-        turn = _Turn(token)
+        turn = _Turn(token, confirmed=confirmed)
         try:
             self._enter(session, turn)
         except BusyError as exc:
             yield self._error(exc, timings, clock, code="busy")
             return
-        session.turns += 1
-        timings.turn = session.turns
+        if confirmed is None:  # a tentative turn is numbered when it is kept
+            with session._mutex:
+                session.turns += 1
+                timings.turn = session.turns
         timings.ahead = confirmed is not None
         finished = False
         try:
@@ -409,11 +418,8 @@ class Agent:
                 # The caller closed the generator (client gone) or an error escaped: stop
                 # the workers; the words so far are kept as an interrupted reply.
                 token.cancel("closed")
-            if early is not None:
+            if early is not None and not turn.dropped:
                 early.discard()  # used or not, nothing may take it again
-            if token.reason == DISCARDED:
-                with session._mutex:
-                    session.turns -= 1
             self._leave(session, turn, interrupted=True)
 
     def _enter(self, session: Session, turn: _Turn) -> None:
@@ -450,7 +456,7 @@ class Agent:
     def _commit(session: Session, turn: _Turn, *, interrupted: bool) -> None:
         """Append the turn to history once (caller holds `session._mutex`); a discarded
         tentative turn is never appended."""
-        if turn.committed or turn.user is None or turn.token.reason == DISCARDED:
+        if turn.committed or turn.user is None or turn.dropped:
             turn.committed = True
             return
         turn.committed = True
@@ -577,9 +583,12 @@ class Agent:
         interrupted = token.cancelled
         timings.interrupted = interrupted
         with session._mutex:
+            if confirmed is not None and not turn.dropped:
+                session.turns += 1
+                timings.turn = session.turns
             self._commit(session, turn, interrupted=interrupted)
         timings.total = clock.elapsed()
-        if token.reason != DISCARDED:
+        if not turn.dropped:
             self._record(timings)
         yield TurnEvent("done", reply_text, timings=timings, interrupted=interrupted)
 

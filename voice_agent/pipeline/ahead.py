@@ -34,6 +34,11 @@ from voice_agent.pipeline.turn import TurnEvent, reason
 
 log = logging.getLogger(__name__)
 
+# Nobody took it this long after it started: its caller lost it (a race, a bug), and the
+# session must not stay held by a turn waiting to be confirmed. The end of the pause that
+# confirms one comes within VAD_PAUSE_SECONDS of its start.
+UNCLAIMED_S = 30.0
+
 
 class TurnAhead:
     """One tentative turn on a worker (see the module docstring).
@@ -70,7 +75,10 @@ class TurnAhead:
             name="turn-ahead",
             daemon=True,
         )
+        self._expiry = threading.Timer(UNCLAIMED_S, self.discard)
+        self._expiry.daemon = True
         self._worker.start()
+        self._expiry.start()
 
     @property
     def discarded(self) -> bool:
@@ -101,8 +109,9 @@ class TurnAhead:
             RuntimeError: read twice, or after `discard`.
         """
         if self._taken or self.token.cancelled:
-            raise RuntimeError("a turn ahead is read once, and not after it was discarded")
+            raise RuntimeError("a turn ahead is read once, and not after it was cancelled")
         self._taken = True
+        self._expiry.cancel()
         self.confirmed.set()
         finished = False
         try:
@@ -135,4 +144,5 @@ class TurnAhead:
                 log.exception("the turn started ahead failed")
             self._events.put(TurnEvent("error", f"The turn failed: {reason(exc)}", error=exc))
         finally:
+            self._expiry.cancel()
             self._events.put(None)

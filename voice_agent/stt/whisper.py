@@ -317,7 +317,9 @@ class WhisperSTT:
         self.ct2_quantization: Quantization = ct2_quantization
         self.progress = progress
         default = default_stt(
-            self.device == "cuda", self.device == "cuda" or _cuda_missing() is None
+            self.device == "cuda",
+            self.device == "cuda" or _cuda_missing() is None,
+            backend or self.settings.stt_backend,
         )
         self.model_id = model_name or self.settings.stt_model_name or default
         self.report = LoadReport("stt", self.model_id)

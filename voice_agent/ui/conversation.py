@@ -88,9 +88,13 @@ class UISession:
         self.ahead: Any | None = None
         self.ahead_queued: Any | None = None
         self.controls: TurnControls | None = None  # the settings panel's, as the mic sends them
-        # Hands-free turns started on the server as the user's turn ended, for the page's
-        # turn to show (`TurnFeed`), oldest first.
+        # Hands-free turns started on the server as the user's turn ended (`TurnFeed`):
+        # those the page's turn has not shown yet, oldest first; and all not yet done.
         self.feeds: list[TurnFeed] = []
+        self.live_feeds: list[TurnFeed] = []
+        # The microphone's thread starts and swaps the guesses (`early`, `ahead`); turns and
+        # the page's handlers drop them from theirs.
+        self.guess_lock = threading.RLock()
         self.utterance_seq = 0
         self.interrupt_seq = 0
         self.speaking_until = 0.0  # monotonic time the assistant's audio is expected to end
@@ -149,10 +153,13 @@ class TurnFeed:
     whatever the trigger's delay; the page's turn mirrors its chat and status.
 
     Args:
-        updates: `Conversation.run_turn(...)`, run to its end on the worker.
+        token: the turn's cancel token (Clear, the tab closing and hands-free switched off
+            cancel a turn still waiting for the one before it).
+        updates: `Conversation.run_turn(..., token=token)`, run to its end on the worker.
     """
 
-    def __init__(self, updates: Iterator[Update]) -> None:
+    def __init__(self, token: CancelToken, updates: Iterator[Update]) -> None:
+        self.token = token
         self._updates = updates
         self._queue: queue.Queue[Update | None] = queue.Queue()
         self._stop = threading.Event()
@@ -168,17 +175,34 @@ class TurnFeed:
         except Exception:  # run_turn reports its own failures; this is a bug
             log.exception("the hands-free turn failed")
         finally:
-            close = getattr(self._updates, "close", None)
-            if callable(close):
-                close()  # on this thread: run_turn's own cleanup cancels a turn left early
-            self._queue.put(None)
+            try:
+                close = getattr(self._updates, "close", None)
+                if callable(close):
+                    close()  # on this thread: run_turn's cleanup cancels a turn left early
+            finally:
+                self._queue.put(None)  # the page's turn must never wait for nothing
 
     def updates(self) -> Iterator[Update]:
-        """The turn's updates as they come. Closing this early stops the turn ("closed")."""
+        """The turn's updates as they come, the latest only when several are waiting.
+
+        Each update re-renders the whole chat on the server and in the page, work the LLM
+        and the voice need on a small CPU; the chat is one list changed in place, so the
+        latest update holds every one before it (and the last carries the reply's file).
+        Closing this early stops the turn ("closed").
+        """
         finished = False
         try:
             while (update := self._queue.get()) is not None:
+                ended = False
+                while not self._queue.empty():
+                    newer = self._queue.get_nowait()
+                    if newer is None:
+                        ended = True
+                        break
+                    update = newer
                 yield update
+                if ended:
+                    break
             finished = True
         finally:
             if not finished:
@@ -301,6 +325,7 @@ class Conversation:
         if isinstance(ui, UISession):
             if ui.cancel is not None:
                 ui.cancel.cancel("tab closed")
+            self._cancel_feeds(ui, "tab closed")
             self._drop_early(ui)
             self.channels.close(ui.audio)
             ui.audio = None
@@ -317,6 +342,7 @@ class Conversation:
         speech_ended_at: float | None = None,
         early: Any | None = None,
         ahead: Any | None = None,
+        token: CancelToken | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], str | None, str]]:
         """Run one turn, yielding (chat, audio, status text).
 
@@ -328,11 +354,16 @@ class Conversation:
         `early`: the audio's words heard ahead (hands-free, `Utterance.early`).
         `ahead`: the audio's turn, started at the user's short pause (`Utterance.ahead`):
         its events are read instead of starting the turn again, when it was started with
-        these `controls`.
+        these `controls`. `token`: the turn's cancel token, made by the caller (`TurnFeed`);
+        a turn cancelled while it waited for the one before it does not run.
         """
         spoken = audio is not None
-        if ahead is not None and (ahead.controls != controls or not ahead.made_from(audio)):
-            ahead.discard()  # the settings changed since (or not its audio): start afresh
+        if ahead is not None and (
+            ahead.token.cancelled or ahead.controls != controls or not ahead.made_from(audio)
+        ):
+            if token is ahead.token:
+                token = None  # the guess's own token (a `TurnFeed`'s) ends with it
+            ahead.discard()  # cancelled, or the settings changed since: start afresh
             ahead = None
         if ahead is None:
             self._drop_ahead(ui)  # another message came first: that guess is not the turn
@@ -342,7 +373,13 @@ class Conversation:
                     guess.discard()
             yield ui.chat, None, "Still answering the previous message: press Stop first."
             return
-        token = ahead.token if ahead is not None else CancelToken()
+        token = ahead.token if ahead is not None else (token or CancelToken())
+        if token.cancelled:  # Clear or the tab closing while it waited: nothing to run
+            for guess in (early, ahead):
+                if guess is not None:
+                    guess.discard()
+            ui.turn_lock.release()
+            return
         if speech_ended_at is not None:
             log.info(
                 "hands-free turn starts %.2f s after the end of speech (%s)",
@@ -523,6 +560,7 @@ class Conversation:
         ui.chat.clear()
         if ui.audio is not None:
             ui.audio.flush()
+        self._cancel_feeds(ui, "stopped")
         self._drop_early(ui)
         fresh = UISession(self._agent_session(), ui.audio)  # the page keeps its audio stream
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
@@ -637,10 +675,11 @@ class Conversation:
                 self._answer_ahead(ui, event)
             elif event.kind == "resume":
                 # More words are coming: that transcript and that answer are not the turn's.
-                for guess in (ui.early, ui.ahead):
-                    if guess is not None:
-                        guess.discard()
-                ui.ahead = None
+                with ui.guess_lock:
+                    for guess in (ui.early, ui.ahead):
+                        if guess is not None:
+                            guess.discard()
+                    ui.ahead = None
             elif event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
                 self.queue_utterance(ui, event)
                 ended = True
@@ -651,21 +690,22 @@ class Conversation:
     def queue_utterance(self, ui: UISession, event: Any) -> None:
         """An `end_of_turn`: its speech waits for the turn (`take_utterance`), with the
         words heard at its last pause when they are its words."""
-        early, ui.early = ui.early, None
-        ahead, ui.ahead = ui.ahead, None
-        for queued in (ui.early_queued, ui.ahead_queued):
-            if queued is not None:
-                # Speech already waits: the turn hears both joined, which no guess heard.
-                queued.discard()
-        ui.early_queued = ui.ahead_queued = None
-        if early is not None and not ui.utterances and early.made_from(event.audio):
-            ui.early_queued = early
-        elif early is not None:
-            early.discard()
-        if ahead is not None and not ui.utterances and ahead.made_from(event.audio):
-            ui.ahead_queued = ahead  # the user is done: the page's turn reads (confirms) it
-        elif ahead is not None:
-            ahead.discard()
+        with ui.guess_lock:
+            early, ui.early = ui.early, None
+            ahead, ui.ahead = ui.ahead, None
+            for queued in (ui.early_queued, ui.ahead_queued):
+                if queued is not None:
+                    # Speech already waits: the turn hears both joined, which no guess heard.
+                    queued.discard()
+            ui.early_queued = ui.ahead_queued = None
+            if early is not None and not ui.utterances and early.made_from(event.audio):
+                ui.early_queued = early
+            elif early is not None:
+                early.discard()
+            if ahead is not None and not ui.utterances and ahead.made_from(event.audio):
+                ui.ahead_queued = ahead  # the user is done: the turn reads (confirms) it
+            elif ahead is not None:
+                ahead.discard()
         ui.utterances.append(event.audio)
         ui.utterance_seq += 1
         ui.speech_ended_at = time.perf_counter() - event.silence_s
@@ -675,10 +715,18 @@ class Conversation:
             # page's own handler, which then runs the turn.
             utterance = self.take_utterance(ui)
             if utterance is not None:
-                ui.feeds.append(TurnFeed(self.run_utterance(ui, ui.controls, utterance)))
+                ahead = utterance.ahead
+                token = ahead.token if ahead is not None else CancelToken()
+                feed = TurnFeed(token, self.run_utterance(ui, ui.controls, utterance, token))
+                ui.live_feeds = [f for f in ui.live_feeds if not f.done] + [feed]
+                ui.feeds.append(feed)
 
     def run_utterance(
-        self, ui: UISession, controls: TurnControls, utterance: Utterance
+        self,
+        ui: UISession,
+        controls: TurnControls,
+        utterance: Utterance,
+        token: CancelToken | None = None,
     ) -> Iterator[Update]:
         """`run_turn` for hands-free speech."""
         return self.run_turn(
@@ -688,6 +736,7 @@ class Conversation:
             speech_ended_at=utterance.ended_at,
             early=utterance.early,
             ahead=utterance.ahead,
+            token=token,
         )
 
     @staticmethod
@@ -695,6 +744,15 @@ class Conversation:
         """The hands-free turns started on the server since the page last asked, oldest first."""
         feeds, ui.feeds = ui.feeds, []
         return feeds
+
+    @staticmethod
+    def _cancel_feeds(ui: UISession, reason: str, *, waiting_only: bool = False) -> None:
+        """Cancel this tab's hands-free turns started on the server (`waiting_only`: those
+        still waiting for the turn before them, not the one running)."""
+        for feed in ui.live_feeds:
+            if not (waiting_only and feed.token is ui.cancel):
+                feed.token.cancel(reason)
+        ui.live_feeds = [f for f in ui.live_feeds if not f.done]
 
     def _hear_early(self, ui: UISession, samples: np.ndarray) -> None:
         """The user paused: start hearing the utterance so far, in place of the last guess."""
@@ -712,40 +770,42 @@ class Conversation:
         one started (`pipeline.ahead.TurnAhead`). Only in an idle tab with nothing queued,
         when `VAD_ANSWER_AHEAD` is on and the microphone sent the settings panel's values
         (the turn must be the one the page would start)."""
-        self._drop_ahead(ui)
         settings = getattr(self.agent, "settings", None)
         controls = ui.controls
-        if (
-            controls is None
-            or ui.busy
-            or ui.utterances
-            or not getattr(settings, "vad_answer_ahead", False)
-            or on_zero_gpu()  # the GPU exists only inside the page's own handlers there
-        ):
-            return
-        from voice_agent.pipeline.ahead import TurnAhead
+        with ui.guess_lock:  # a turn dropping the guesses now waits, then drops this one
+            self._drop_ahead(ui)
+            if (
+                controls is None
+                or ui.busy
+                or ui.utterances
+                or not getattr(settings, "vad_answer_ahead", False)
+                or on_zero_gpu()  # the GPU exists only inside the page's own handlers there
+            ):
+                return
+            from voice_agent.pipeline.ahead import TurnAhead
 
-        try:
-            apply_controls(self.agent, ui.session, controls)
-            ui.ahead = TurnAhead(
-                self.agent,
-                ui.session,
-                event.audio,
-                early=ui.early,
-                speech_ended_at=time.perf_counter() - event.silence_s,
-                controls=controls,
-            )
-        except Exception:  # a guess; the turn starts as usual when the user is done
-            log.warning("could not start the turn ahead", exc_info=True)
-            ui.ahead = None
+            try:
+                apply_controls(self.agent, ui.session, controls)
+                ui.ahead = TurnAhead(
+                    self.agent,
+                    ui.session,
+                    event.audio,
+                    early=ui.early,
+                    speech_ended_at=time.perf_counter() - event.silence_s,
+                    controls=controls,
+                )
+            except Exception:  # a guess; the turn starts as usual when the user is done
+                log.warning("could not start the turn ahead", exc_info=True)
+                ui.ahead = None
 
     @staticmethod
     def _drop_ahead(ui: UISession) -> None:
         """Discard this tab's turns started ahead (none may be shown any more)."""
-        for ahead in (ui.ahead, ui.ahead_queued):
-            if ahead is not None:
-                ahead.discard()
-        ui.ahead = ui.ahead_queued = None
+        with ui.guess_lock:
+            for ahead in (ui.ahead, ui.ahead_queued):
+                if ahead is not None:
+                    ahead.discard()
+            ui.ahead = ui.ahead_queued = None
 
     @classmethod
     def _drop_early(cls, ui: UISession) -> None:
@@ -764,8 +824,9 @@ class Conversation:
             return None
         audio = np.concatenate(ui.utterances)
         ui.utterances.clear()
-        early, ui.early_queued = ui.early_queued, None
-        ahead, ui.ahead_queued = ui.ahead_queued, None
+        with ui.guess_lock:
+            early, ui.early_queued = ui.early_queued, None
+            ahead, ui.ahead_queued = ui.ahead_queued, None
         return Utterance((SAMPLE_RATE, audio), ui.speech_ended_at, early, ahead)
 
     def stop_listening(self, ui: UISession) -> None:
@@ -773,6 +834,7 @@ class Conversation:
         if ui.detector is not None:
             ui.detector.reset()
         ui.utterances.clear()
+        self._cancel_feeds(ui, "stopped", waiting_only=True)
         self._drop_early(ui)
         ui.hands_free_status = ""
 
