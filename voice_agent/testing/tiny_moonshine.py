@@ -20,16 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from voice_agent.testing.tiny_whisper import CORPUS  # the same few sentences train both
+
 SAMPLE_RATE = 16_000
 SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2
 UNK, BOS, EOS = 0, 1, 2
 VOCAB_SIZE = 32_768  # the real checkpoints' vocabulary
-CORPUS = (
-    "Hello there. What is the weather like today?",
-    "The quick brown fox jumps over the lazy dog.",
-    "Speech to text, then a reply, then speech again.",
-    "one two three four five six seven eight nine ten",
-)
 
 
 @dataclass(frozen=True)
