@@ -611,16 +611,21 @@ def test_hands_free_answers_with_the_turn_started_at_the_pause(assets_dir):
     assert talk(handlers, ui, samples, rate, tail_s=0.0, panel=controls()) == []  # paused
     ahead = ui.ahead
     assert ahead is not None and not ahead.confirmed.is_set()
-    wait_for(lambda: llm.calls)  # the reply started before the user's turn ended
+    heard = len(ahead.samples)
+
+    def calls_for_these_words() -> int:
+        # A guess at hello.wav's breath may have reached the LLM too before it was dropped.
+        return sum(c["messages"][-1]["content"] == f"heard {heard} samples" for c in llm.calls)
+
+    wait_for(calls_for_these_words)  # the reply started before the user's turn ended
     assert ui.chat == [] and not ui.played_live  # nothing shown or played yet
     heard_before = stt.calls
     silence = np.zeros(rate, dtype=np.int16)
     assert talk(handlers, ui, silence, rate, tail_s=0.0, panel=controls()) == [1]
     assert ahead.confirmed.is_set() and ui.ahead is None  # the turn took it at once
     drain(handlers.hands_free_turn(ui, *controls()))
-    assert len(llm.calls) == 1 and stt.calls == heard_before, "the turn was started again"
-    assert llm.calls[0]["system_prompt"] == "Be brief."  # the panel's settings
-    heard = len(ahead.samples)
+    assert calls_for_these_words() == 1 and stt.calls == heard_before, "started again"
+    assert llm.calls[-1]["system_prompt"] == "Be brief."  # the panel's settings
     assert last_user_words(ui).endswith(f"heard {heard} samples")
     assert "It is sunny." in ui.chat[-1]["content"]
     assert [m["role"] for m in ui.session.history] == ["user", "assistant"]
@@ -647,7 +652,8 @@ def test_a_hands_free_turn_starts_on_the_server_when_the_user_is_done(assets_dir
     assert ui.played_live and "audio" in page.kinds()  # the voice went to the page
     steps = drain(handlers.hands_free_turn(ui, *controls()))
     assert "Right away." in steps[-1][0][-1]["content"] and steps[-1][2] == "Ready"
-    assert ui.feeds == [] and len(llm.calls) == 1
+    said = [c["messages"][-1]["content"] for c in llm.calls]
+    assert ui.feeds == [] and said.count(ui.session.history[0]["content"]) == 1
     demo.voice_agent_conversation.close(ui)
     assert page.done.wait(5)
 
