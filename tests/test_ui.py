@@ -724,6 +724,7 @@ def test_changed_settings_keep_the_words_heard_at_the_pause(assets_dir):
     samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
     talk(handlers, ui, samples, rate, tail_s=0.0, panel=controls())
     wait_for(lambda: llm.calls)
+    settled(ui.early)  # the words of the whole utterance, heard at its pause
     before = stt.calls
     silence = np.zeros(rate, dtype=np.int16)
     changed = controls(prompt="Be formal.")
