@@ -38,6 +38,15 @@ class CancelToken:
         return self._event.wait(timeout)
 
 
+def wait_unless_cancelled(event: threading.Event, cancel: object | None, poll_s: float) -> bool:
+    """Wait until `event` is set (True) or `cancel` fires first (False), looking every
+    `poll_s`: for waits that a cancel must end within a step."""
+    while not event.wait(poll_s):
+        if is_cancelled(cancel):
+            return False
+    return True
+
+
 def is_cancelled(token: object | None) -> bool:
     """True when `token` (CancelToken, threading.Event or None) says stop."""
     if token is None:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from voice_agent.core.cancel import is_cancelled
+from voice_agent.core.cancel import is_cancelled, wait_unless_cancelled
 from voice_agent.llm.base import ChatMessage, ToolCall
 from voice_agent.pipeline.relay import FillerOut, Relay, ToolOut
 from voice_agent.pipeline.speak import TextFeed
@@ -66,9 +66,10 @@ def act(
 ) -> list[ToolRecord]:
     """Run `calls` (at once) to their end, a time-out or a cancel; returns their records
     (none when a tentative turn is cancelled before it is confirmed)."""
-    while acting.confirmed is not None and not acting.confirmed.wait(_POLL_S):
-        if is_cancelled(cancel):
-            return []
+    if acting.confirmed is not None and not wait_unless_cancelled(
+        acting.confirmed, cancel, _POLL_S
+    ):
+        return []
     t0 = time.perf_counter()
     runs = [acting.toolbox.start(call, acting.context) for call in calls]
     for run in runs:

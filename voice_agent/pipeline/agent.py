@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from voice_agent.core.cancel import CancelToken
+from voice_agent.core.cancel import CancelToken, wait_unless_cancelled
 from voice_agent.core.config import Settings
 from voice_agent.core.errors import BusyError, InputError, ModelUnavailableError
 from voice_agent.llm.base import ChatMessage, GenerationSettings
@@ -578,8 +578,8 @@ class Agent:
                 f"The reply failed: {reason(relayed.llm_error)}",
             )
             return
-        while confirmed is not None and not confirmed.wait(_POLL_S) and not token.cancelled:
-            pass  # a tentative turn joins the history only once it is known to be the turn
+        if confirmed is not None:  # a tentative turn joins the history once it is the turn
+            wait_unless_cancelled(confirmed, token, _POLL_S)
         interrupted = token.cancelled
         timings.interrupted = interrupted
         with session._mutex:

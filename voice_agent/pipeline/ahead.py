@@ -68,7 +68,6 @@ class TurnAhead:
         self.token = CancelToken()  # the turn's own: Stop and barge-in cancel it once adopted
         self.confirmed = threading.Event()
         self._events: queue.Queue[TurnEvent | None] = queue.Queue()
-        self._taken = False
         self._worker = threading.Thread(
             target=self._run,
             args=(agent, session, early, speech_ended_at),
@@ -96,7 +95,7 @@ class TurnAhead:
     def discard(self) -> None:
         """The user went on, or the turn will not be shown (Clear, hands-free switched off,
         the tab closed): drop it. A turn already being read is the reader's to stop."""
-        if not self._taken:
+        if not self.confirmed.is_set():
             self.token.cancel(DISCARDED)
 
     def events(self) -> Iterator[TurnEvent]:
@@ -108,9 +107,8 @@ class TurnAhead:
         Raises:
             RuntimeError: read twice, or after `discard`.
         """
-        if self._taken or self.token.cancelled:
+        if self.confirmed.is_set() or self.token.cancelled:
             raise RuntimeError("a turn ahead is read once, and not after it was cancelled")
-        self._taken = True
         self._expiry.cancel()
         self.confirmed.set()
         finished = False

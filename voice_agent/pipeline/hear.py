@@ -25,7 +25,7 @@ import numpy as np
 
 from voice_agent.audio.gate import is_speech
 from voice_agent.audio.io import SAMPLE_RATE, load_audio
-from voice_agent.core.cancel import DISCARDED, CancelToken, is_cancelled
+from voice_agent.core.cancel import DISCARDED, CancelToken, wait_unless_cancelled
 from voice_agent.core.config import Settings
 from voice_agent.core.errors import (
     BusyError,
@@ -243,10 +243,9 @@ class EarlyHearing:
         if self.discarded or not self.made_from(audio):
             self.discard()
             return None
-        while not self._done.wait(POLL_S):
-            if is_cancelled(cancel):
-                self.discard()
-                raise StageCancelled
+        if not wait_unless_cancelled(self._done, cancel, POLL_S):
+            self.discard()
+            raise StageCancelled
         return self._heard
 
     def _run(
@@ -281,8 +280,7 @@ class EarlyHearing:
 
     def _wait_for(self, other: EarlyHearing) -> bool:
         """Wait until `other` has finished; False when this one is discarded meanwhile."""
-        while not other._done.wait(POLL_S) and not self.discarded:
-            pass
+        wait_unless_cancelled(other._done, self._token, POLL_S)
         if self.discarded:
             self.failure = DISCARDED
             return False

@@ -213,6 +213,13 @@ class TurnFeed:
         return not self._worker.is_alive()
 
 
+def discard(*guesses: Any) -> None:
+    """Discard each guess given (`EarlyHearing`, `TurnAhead`); None stands for none."""
+    for guess in guesses:
+        if guess is not None:
+            guess.discard()
+
+
 def wav_bytes(sample_rate: int, samples: np.ndarray) -> bytes:
     """16-bit mono WAV bytes."""
     out = io.BytesIO()
@@ -368,16 +375,12 @@ class Conversation:
         if ahead is None:
             self._drop_ahead(ui)  # another message came first: that guess is not the turn
         if not ui.turn_lock.acquire(timeout=TURN_HANDOVER_S):
-            for guess in (early, ahead):
-                if guess is not None:
-                    guess.discard()
+            discard(early, ahead)
             yield ui.chat, None, "Still answering the previous message: press Stop first."
             return
         token = ahead.token if ahead is not None else (token or CancelToken())
         if token.cancelled:  # Clear or the tab closing while it waited: nothing to run
-            for guess in (early, ahead):
-                if guess is not None:
-                    guess.discard()
+            discard(early, ahead)
             ui.turn_lock.release()
             return
         if speech_ended_at is not None:
@@ -482,8 +485,7 @@ class Conversation:
                 close = getattr(events, "close", None)
                 if callable(close):
                     close()
-            if early is not None:
-                early.discard()  # a turn that ended before hearing must not leave it running
+            discard(early)  # a turn that ended before hearing must not leave it running
             ui.cancel = None
             ui.turn_lock.release()
         exchange.assistant = reply
@@ -676,9 +678,7 @@ class Conversation:
             elif event.kind == "resume":
                 # More words are coming: that transcript and that answer are not the turn's.
                 with ui.guess_lock:
-                    for guess in (ui.early, ui.ahead):
-                        if guess is not None:
-                            guess.discard()
+                    discard(ui.early, ui.ahead)
                     ui.ahead = None
             elif event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
                 self.queue_utterance(ui, event)
@@ -693,19 +693,17 @@ class Conversation:
         with ui.guess_lock:
             early, ui.early = ui.early, None
             ahead, ui.ahead = ui.ahead, None
-            for queued in (ui.early_queued, ui.ahead_queued):
-                if queued is not None:
-                    # Speech already waits: the turn hears both joined, which no guess heard.
-                    queued.discard()
+            # Speech already waits: the turn hears both joined, which no guess heard.
+            discard(ui.early_queued, ui.ahead_queued)
             ui.early_queued = ui.ahead_queued = None
             if early is not None and not ui.utterances and early.made_from(event.audio):
                 ui.early_queued = early
-            elif early is not None:
-                early.discard()
+            else:
+                discard(early)
             if ahead is not None and not ui.utterances and ahead.made_from(event.audio):
                 ui.ahead_queued = ahead  # the user is done: the turn reads (confirms) it
-            elif ahead is not None:
-                ahead.discard()
+            else:
+                discard(ahead)
         ui.utterances.append(event.audio)
         ui.utterance_seq += 1
         ui.speech_ended_at = time.perf_counter() - event.silence_s
@@ -802,17 +800,13 @@ class Conversation:
     def _drop_ahead(ui: UISession) -> None:
         """Discard this tab's turns started ahead (none may be shown any more)."""
         with ui.guess_lock:
-            for ahead in (ui.ahead, ui.ahead_queued):
-                if ahead is not None:
-                    ahead.discard()
+            discard(ui.ahead, ui.ahead_queued)
             ui.ahead = ui.ahead_queued = None
 
     @classmethod
     def _drop_early(cls, ui: UISession) -> None:
         """Discard every guess of this tab (none may be used any more)."""
-        for early in (ui.early, ui.early_queued):
-            if early is not None:
-                early.discard()
+        discard(ui.early, ui.early_queued)
         ui.early = ui.early_queued = None
         cls._drop_ahead(ui)
 
