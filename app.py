@@ -149,12 +149,15 @@ def build_app(models: Any, settings: Any, blocks: Any) -> ASGIApp:
 
     from voice_agent.server.access import AccessMiddleware, AccessRule
     from voice_agent.server.app import create_app
-    from voice_agent.ui import playback
+    from voice_agent.ui import microphone, playback
     from voice_agent.ui import style as ui_style
     from voice_agent.ui.blocks import PAGE_HEAD
 
     host = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     playback.add_route(host)  # the page's audio stream; before the mount at / takes the rest
+    handlers = getattr(blocks, "voice_agent_handlers", None)
+    if handlers is not None:  # the page's hands-free microphone posts here
+        microphone.add_route(host, handlers)
     ui_app = gr.mount_gradio_app(
         host,
         blocks,

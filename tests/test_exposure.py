@@ -228,6 +228,7 @@ DOORS = [
     ("POST", "/gradio_api/reset"),
     ("GET", "/gradio_api/mcp/schema"),
     ("GET", "/voice/audio/abc"),
+    ("POST", "/voice/mic/abc?rate=16000"),
     ("POST", "/gradio_api/mcp/"),
     ("GET", "/v1/models"),
     ("POST", "/generate"),

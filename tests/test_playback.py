@@ -243,7 +243,7 @@ def test_an_unknown_channel_is_404_and_the_page_loads_the_player(live) -> None:
     r = httpx.get(f"{server.url}/voice/audio/nope", timeout=30)
     assert r.status_code == 404 and "audio channel" in r.json()["error"]["message"]
     page = httpx.get(server.url + "/", timeout=30).text
-    assert "window.vaPlayer" in page and PAGE_HEAD.count("<script>") == 2
+    assert "window.vaPlayer" in page and PAGE_HEAD.count("<script>") == 3
 
 
 # --- when the page heard it ---------------------------------------------------------------

@@ -96,9 +96,8 @@ def test_blocks_wire_every_control(app):
         "ring",
         "allow_actions",
         "toggle_hands_free",
-        "hear",
+        "settings",
         "hands_free_turn",
-        "hands_free_stopped",
         "refresh",
         "self_test",
         "transcribe",
@@ -108,8 +107,10 @@ def test_blocks_wire_every_control(app):
         assert handler in names, handler
     kinds = {type(block).__name__ for block in demo.blocks.values()}
     assert {"Chatbot", "Audio", "Textbox", "DownloadButton", "BarPlot", "Dataframe"} <= kinds
-    streaming = [b for b in demo.blocks.values() if isinstance(b, gr.Audio) and b.streaming]
-    assert any("microphone" in b.sources and b.sources == ["microphone"] for b in streaming)
+    # Hands-free listens through the page's own microphone (ui.microphone), not a
+    # streaming gr.Audio and its queue.
+    assert not [b for b in demo.blocks.values() if isinstance(b, gr.Audio) and b.streaming]
+    assert any("hands-free-mic" in str(getattr(b, "value", "")) for b in demo.blocks.values())
     # The voice plays through the page player (ui.playback), not Gradio's HLS stream; the
     # player keeps the whole reply to replay, and autoplays only what the page did not play.
     player = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "reply-audio"]
@@ -350,6 +351,15 @@ def test_clear_during_a_reply_keeps_the_chat_cleared():
     assert shown[-1] == [], shown[-1]
 
 
+def hear(handlers, chunk, ui, pause, *panel):
+    """One post of the page's microphone (`Handlers.hear`), with the settings the page's
+    panel last sent when given; as (status, utterance, barge-in number), a dict where none."""
+    handlers.settings(ui, pause, *panel)
+    reply = handlers.hear(ui, chunk)
+    utterance = reply["utterance"] if reply["utterance"] is not None else {}
+    return reply["status"], utterance, ui.interrupt_seq if reply["interrupted"] else {}
+
+
 def test_hands_free_ends_the_turn_after_a_pause_and_answers(app, assets_dir):
     import soundfile as sf
 
@@ -361,7 +371,7 @@ def test_hands_free_ends_the_turn_after_a_pause_and_answers(app, assets_dir):
     tail = np.zeros(rate, dtype=np.int16)
     for start in range(0, len(samples) + len(tail), step):
         chunk = np.concatenate((samples, tail))[start : start + step]
-        status, trigger, _ = handlers.hear((rate, chunk), ui, 0.6)
+        status, trigger, _ = hear(handlers, (rate, chunk), ui, 0.6)
         if not isinstance(trigger, dict):
             triggers.append(trigger)
     # speech, a 1.2 s pause, speech: the 0.6 s pause length splits it into two turns
@@ -386,7 +396,7 @@ def test_the_first_hands_free_turn_after_clear_is_answered(app, assets_dir):
     def speak(ui):
         fired = []
         for start in range(0, len(audio), step):
-            _, trigger, _ = handlers.hear((rate, audio[start : start + step]), ui, 0.6)
+            _, trigger, _ = hear(handlers, (rate, audio[start : start + step]), ui, 0.6)
             if not isinstance(trigger, dict):
                 fired.append(trigger)
         return fired
@@ -413,7 +423,7 @@ def test_speaking_over_the_reply_interrupts_it(app):
     interrupts = []
     for start in range(0, len(silence) + len(voice), 12_000):
         chunk = np.concatenate((silence, voice))[start : start + 12_000]
-        _, _, interrupt = handlers.hear((48_000, chunk), ui, 0.6)
+        _, _, interrupt = hear(handlers, (48_000, chunk), ui, 0.6)
         if not isinstance(interrupt, dict):
             interrupts.append(interrupt)
     assert running.cancelled and running.reason == "barge-in"
@@ -436,8 +446,8 @@ def talk(
     triggers = []
     step = rate // 4
     for start in range(0, len(audio), step):
-        _, trigger, _ = handlers.hear(
-            (rate, audio[start : start + step]), ui, pause, *(panel or ())
+        _, trigger, _ = hear(
+            handlers, (rate, audio[start : start + step]), ui, pause, *(panel or ())
         )
         if not isinstance(trigger, dict):
             triggers.append(trigger)
@@ -515,7 +525,7 @@ def test_a_barged_in_hands_free_turn_leaves_no_early_words(assets_dir):
             time.sleep(0.01)
         interrupts = []
         for start in range(0, rate * 3 // 4, rate // 4):  # the user starts talking again
-            _, _, interrupt = handlers.hear((rate, samples[start : start + rate // 4]), ui, 0.6)
+            _, _, interrupt = hear(handlers, (rate, samples[start : start + rate // 4]), ui, 0.6)
             if not isinstance(interrupt, dict):
                 interrupts.append(interrupt)
         assert interrupts == [1]
@@ -555,8 +565,9 @@ def test_the_microphone_stopped_after_a_pause_still_uses_the_early_words(assets_
     samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
     assert talk(handlers, ui, samples, rate, tail_s=0.0) == []  # paused, turn not ended
     settled(ui.early)
-    _, trigger = handlers.hands_free_stopped(ui)
-    assert trigger == 1 and ui.early_queued is not None
+    reply = handlers.hear(ui, (rate, np.zeros(0, np.int16)), end=True)  # the mic stopped
+    assert reply["utterance"] == 1 and ui.early_queued is not None
+    assert reply["status"] == "Microphone off."
     assert time.perf_counter() - ui.speech_ended_at < 5
     before = stt.calls
     drain(handlers.hands_free_turn(ui, *controls()))
@@ -799,9 +810,9 @@ def test_a_typed_message_drops_the_turn_started_at_a_pause(assets_dir):
 def test_hands_free_chunk_errors_do_not_end_the_stream(app):
     _, handlers, _ = app
     ui = handlers.on_load()[0]
-    status, _, _ = handlers.hear((0, np.zeros(10, np.int16)), ui, 0.6)
+    status, _, _ = hear(handlers, (0, np.zeros(10, np.int16)), ui, 0.6)
     assert "Could not read" in status
-    status, _, _ = handlers.hear((16_000, np.zeros(4_000, np.int16)), ui, 0.6)
+    status, _, _ = hear(handlers, (16_000, np.zeros(4_000, np.int16)), ui, 0.6)
     assert "Listening" in status
 
 

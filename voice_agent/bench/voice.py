@@ -173,7 +173,7 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
         end = page.evaluate("performance.now()")
         mic.get_by_role("button", name="Stop", exact=True).click()
     else:
-        page.locator("#hands-free-mic").get_by_role("button", name="Record", exact=True).click()
+        page.locator("#hands-free-mic").get_by_role("button", name="Start listening").click()
         page.wait_for_function("window.__va.micStart !== null", timeout=30_000)
         end = page.evaluate("window.__va.micStart") + speech_end * 1000
     page.wait_for_function("'Ready' in window.__va.status", timeout=int(TURN_TIMEOUT_S * 1000))
@@ -184,7 +184,7 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
     )
     probe = page.evaluate("JSON.parse(JSON.stringify(window.__va))")
     if mode == "hands-free":
-        page.locator("#hands-free-mic").get_by_role("button", name="Stop", exact=True).click()
+        page.locator("#hands-free-mic").get_by_role("button", name="Stop listening").click()
     page.wait_for_timeout(500)
 
     def since(stamp: float | None) -> float | None:

@@ -24,6 +24,7 @@ from voice_agent.ui import diagnostics as diag
 from voice_agent.ui.api import PublicApi, wire
 from voice_agent.ui.conversation import Conversation
 from voice_agent.ui.handlers import Handlers
+from voice_agent.ui.microphone import MIC_HEAD, MIC_HTML
 from voice_agent.ui.playback import PLAYER_HEAD
 from voice_agent.ui.style import MIC_SVG
 
@@ -38,8 +39,13 @@ PAUSE_AUDIO_JS = (
     "() => { document.querySelectorAll('#reply-audio audio').forEach(a => a.pause());"
     " if (window.vaPlayer) window.vaPlayer.flush(); }"
 )
-# The page player (ui.playback) opens this tab's audio stream once the id arrives.
-CONNECT_PLAYER_JS = "(id) => { if (window.vaPlayer) window.vaPlayer.connect(id); }"
+# The tab's id arrives on load: the page's microphone (ui.microphone) posts under it, and
+# the page player (ui.playback) opens this tab's audio stream with it.
+CONNECT_PLAYER_JS = (
+    "(id) => { window.vaTab = id; if (window.vaPlayer) window.vaPlayer.connect(id); }"
+)
+TAB_ID_JS = "(id) => { window.vaTab = id; }"  # without the page player (whole replies)
+STOP_MIC_JS = "(on) => { if (!on && window.vaMic) window.vaMic.stop(); }"
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}  # page events: not an API
 CLIENT: dict[str, Any] = {"api_visibility": "undocumented"}  # for gradio_client, not listed
 
@@ -64,8 +70,8 @@ ECHO_SAFE_MIC_HEAD = """<script>
   md.vaEchoSafe = true;
 })();
 </script>"""
-# The page's <head>: the echo-safe microphone and the reply's player.
-PAGE_HEAD = ECHO_SAFE_MIC_HEAD + PLAYER_HEAD
+# The page's <head>: the echo-safe microphone, the reply's player, the hands-free microphone.
+PAGE_HEAD = ECHO_SAFE_MIC_HEAD + PLAYER_HEAD + MIC_HEAD
 
 
 def build_ui(
@@ -130,9 +136,9 @@ def build_ui(
                 c = _conversation_tab(stream_audio, pause_default, allow_default)
             with gr.Tab("Diagnostics", id="diagnostics") as diag_tab:
                 d = _diagnostics_tab()
-        trigger = gr.Number(0, visible="hidden", elem_id="utterance-trigger")
+        # The page's microphone clicks this when an utterance ended (ui.microphone).
+        trigger = gr.Button("turn", visible="hidden", elem_id="utterance-trigger")
         channel = gr.Textbox("", visible="hidden", elem_id="audio-channel")
-        interrupt = gr.Number(0, visible="hidden", elem_id="interrupt-trigger")
         ring = gr.Timer(RING_POLL_S, active=False)  # on while this tab has timers running
 
         controls = [c["system_prompt"], c["temperature"], c["max_tokens"], c["voice"]]
@@ -150,7 +156,9 @@ def build_ui(
             api_name="on_load",
             **CLIENT,
         )
-        channel.change(None, [channel], None, js=CONNECT_PLAYER_JS, **PRIVATE)
+        channel.change(
+            None, [channel], None, js=CONNECT_PLAYER_JS if stream_audio else TAB_ID_JS, **PRIVATE
+        )
         timer.tick(
             handlers.tick,
             outputs=[banner, open_diag, timer, c["voice"]],
@@ -195,34 +203,29 @@ def build_ui(
         c["allow_actions"].change(
             handlers.allow_actions, [c["allow_actions"], state], None, **PRIVATE
         )
+        # The microphone is the page's own (ui.microphone): it posts to the server, which
+        # starts the turns; these keep the settings those turns take.
+        panel = [c["pause"], *controls]
         c["hands_free"].change(
             handlers.toggle_hands_free,
-            [c["hands_free"], state],
-            [c["hf_mic"], c["hf_status"], c["mic"]],
+            [c["hands_free"], state, *panel],
+            [c["hf_mic"], c["mic"]],
             show_progress="hidden",
             **PRIVATE,
         )
-        c["hf_mic"].stream(
-            handlers.hear,
-            [c["hf_mic"], state, c["pause"], *controls],
-            [c["hf_status"], trigger, interrupt],
-            stream_every=0.25,
-            time_limit=None,
-            concurrency_limit=None,
-            show_progress="hidden",
-            **PRIVATE,
-        )
-        c["hf_mic"].stop_recording(
-            handlers.hands_free_stopped,
-            [state],
-            [c["hf_status"], trigger],
-            show_progress="hidden",
-            **PRIVATE,
-        )
-        trigger.change(
+        c["hands_free"].change(None, [c["hands_free"]], None, js=STOP_MIC_JS, **PRIVATE)
+        for control in panel:
+            control.input(
+                handlers.settings,
+                [state, *panel],
+                None,
+                show_progress="hidden",
+                concurrency_limit=None,
+                **PRIVATE,
+            )
+        trigger.click(
             handlers.hands_free_turn, [state, *controls], turn_out, **turn_opts, **PRIVATE
         ).then(handlers.after_turn, [state], [c["download"], ring], **after_turn)
-        interrupt.change(None, js=PAUSE_AUDIO_JS)
         ring.tick(
             handlers.ring,
             [state, c["voice"]],
@@ -312,14 +315,8 @@ def _conversation_tab(
                 value=False,
                 elem_id="hands-free",
             )
-            c["hf_mic"] = gr.Audio(
-                sources=["microphone"],
-                streaming=True,
-                label="Hands-free microphone",
-                visible=False,
-                elem_id="hands-free-mic",
-            )
-            c["hf_status"] = gr.Markdown("", elem_id="hands-free-status")
+            # The page's own microphone (ui.microphone): a button and the detector's status.
+            c["hf_mic"] = gr.HTML(MIC_HTML, visible=False, padding=False)
             # The voice plays through the page player as it is made (ui.playback); this
             # player gets the whole reply once spoken, to replay or download.
             c["reply_audio"] = gr.Audio(

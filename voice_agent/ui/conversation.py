@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import queue
+import secrets
 import tempfile
 import threading
 import time
@@ -46,6 +47,7 @@ TEXT_UPDATE_S = 0.25
 # Marks a spoken message in the chat (a styled tag, not an emoji: not every system has
 # an emoji font).
 VOICE_TAG = '<span class="via-voice">voice</span>'
+MAX_TABS = 10_000  # open pages whose microphone the server knows (as many as audio channels)
 
 
 @dataclass
@@ -67,9 +69,13 @@ class UISession:
     turn that the send handler started. Never shared between tabs.
     """
 
-    def __init__(self, agent_session: Any, audio: AudioChannel | None = None) -> None:
+    def __init__(
+        self, agent_session: Any, audio: AudioChannel | None = None, tab_id: str | None = None
+    ) -> None:
         self.session = agent_session
         self.audio = audio  # the page's audio stream (ui.playback); None: whole replies only
+        # The page's secret: its audio stream and its microphone (`ui.microphone`) use it.
+        self.tab_id = tab_id or (audio.id if audio is not None else secrets.token_urlsafe(24))
         self.played_live = False  # the last reply's voice went out through `audio`
         self.chat: list[dict[str, Any]] = []
         self.exchanges: list[Exchange] = []
@@ -87,7 +93,9 @@ class UISession:
         # utterance's, confirmed and waiting for its turn to read it.
         self.ahead: Any | None = None
         self.ahead_queued: Any | None = None
-        self.controls: TurnControls | None = None  # the settings panel's, as the mic sends them
+        self.controls: TurnControls | None = None  # the settings panel's (`Handlers.settings`)
+        self.pause: float | None = None  # the hands-free pause slider's
+        self.mic_lock = threading.Lock()  # the microphone's posts, one at a time, in order
         # Hands-free turns started on the server as the user's turn ended (`TurnFeed`):
         # those the page's turn has not shown yet, oldest first; and all not yet done.
         self.feeds: list[TurnFeed] = []
@@ -298,6 +306,8 @@ class Conversation:
         self.channels = channels if channels is not None else default_channels()
         self._agent: Any | None = None
         self._agent_lock = threading.Lock()
+        self._tabs: dict[str, UISession] = {}  # the open pages' sessions, by tab id
+        self._tabs_lock = threading.Lock()
         self.pause_default = pause_default
         self.stream_audio = stream_audio
         self.transcript_dir = transcript_dir or Path(
@@ -315,6 +325,24 @@ class Conversation:
 
     def new_session(self) -> UISession:
         return UISession(self._agent_session(), self.channels.open() if self.stream_audio else None)
+
+    def open_tab(self) -> UISession:
+        """A page loaded: its session, found by its tab id from now on (`tab`)."""
+        ui = self.new_session()
+        self._register(ui)
+        return ui
+
+    def tab(self, tab_id: str) -> UISession | None:
+        """The open page with this id (its microphone posts name it), or None."""
+        with self._tabs_lock:
+            return self._tabs.get(tab_id)
+
+    def _register(self, ui: UISession) -> None:
+        with self._tabs_lock:
+            if ui.tab_id in self._tabs or len(self._tabs) < MAX_TABS:
+                self._tabs[ui.tab_id] = ui
+            else:  # a flood of page loads; the page still works, without hands-free
+                log.warning("%d tabs open: this one has no hands-free microphone", MAX_TABS)
 
     def _agent_session(self) -> Any:
         agent = self.agent
@@ -336,6 +364,9 @@ class Conversation:
             self._drop_early(ui)
             self.channels.close(ui.audio)
             ui.audio = None
+            with self._tabs_lock:
+                if self._tabs.get(ui.tab_id) is ui:
+                    del self._tabs[ui.tab_id]
 
     # --- turns -------------------------------------------------------------------------
 
@@ -564,8 +595,13 @@ class Conversation:
             ui.audio.flush()
         self._cancel_feeds(ui, "stopped")
         self._drop_early(ui)
-        fresh = UISession(self._agent_session(), ui.audio)  # the page keeps its audio stream
+        # The page keeps its audio stream and its microphone (the same tab id).
+        fresh = UISession(self._agent_session(), ui.audio, ui.tab_id)
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
+        fresh.controls, fresh.pause = ui.controls, ui.pause
+        with self._tabs_lock:
+            if self._tabs.get(ui.tab_id) is ui:
+                self._tabs[ui.tab_id] = fresh
         # The page's hidden triggers hold these numbers: a count that started again from 0
         # would repeat a value the trigger already has, and Gradio fires no change, so the
         # first hands-free turn after Clear was never answered.
@@ -636,16 +672,12 @@ class Conversation:
         ui: UISession,
         chunk: Any,
         pause_s: float | None,
-        controls: TurnControls | None = None,
     ) -> tuple[bool, bool]:
         """Feed one microphone chunk to turn detection.
 
-        `controls`: the settings panel's values, which a turn started ahead takes.
-        Returns (a turn ended: an utterance is queued, the user barged in: the
-        running turn was cancelled).
+        Turns it starts take the settings panel's values (`ui.controls`). Returns (a turn
+        ended: an utterance is queued, the user barged in: the running turn was cancelled).
         """
-        if controls is not None:
-            ui.controls = controls
         if chunk is None:
             return False, False
         sample_rate, samples = chunk

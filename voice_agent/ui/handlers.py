@@ -110,7 +110,7 @@ class Handlers:
         return html, degraded, loading or recoverable
 
     def on_load(self) -> tuple[Any, ...]:
-        ui = self.conversation.new_session()
+        ui = self.conversation.open_tab()
         session = ui.session
         generation = getattr(session, "generation", None)
         html, degraded, loading = self._status()
@@ -123,7 +123,7 @@ class Handlers:
             gr.HTML(value=html, visible=bool(html)),
             gr.Button(visible=degraded),
             gr.Timer(active=loading),
-            ui.audio.id if ui.audio is not None else "",
+            ui.tab_id,
         )
 
     def tick(self) -> tuple[Any, ...]:
@@ -258,42 +258,56 @@ class Handlers:
 
     # --- hands-free -----------------------------------------------------------------------
 
-    def toggle_hands_free(self, on: bool, ui: UISession | None) -> tuple[Any, ...]:
-        if isinstance(ui, UISession) and not on:
-            self.conversation.stop_listening(ui)
-        hint = "Press **Record** below, then just talk." if on else ""
-        return gr.Audio(visible=bool(on)), hint, gr.Audio(visible=not on)
-
-    def hear(self, chunk: Any, ui: UISession | None, pause: Any, *controls: Any) -> tuple[Any, ...]:
+    def settings(self, ui: UISession | None, pause: Any, *controls: Any) -> None:
+        """The settings panel changed (or hands-free was switched on): the values a turn the
+        microphone starts takes, and the hands-free pause."""
         if not isinstance(ui, UISession):
-            return gr.skip(), gr.skip(), gr.skip()
-        try:
-            # The settings panel rides along, for a turn started at the user's short pause.
-            given = self._controls(*controls) if len(controls) == 4 else None
-            ended, interrupted = self.conversation.hear_chunk(ui, chunk, pause, given)
-        except Exception as exc:  # a bad chunk must not end the stream
-            log.warning("hands-free chunk dropped: %s", exc)
-            return (
-                f"Could not read the microphone chunk ({type(exc).__name__}).",
-                gr.skip(),
-                gr.skip(),
-            )
-        return (
-            ui.hands_free_status,
-            ui.utterance_seq if ended else gr.skip(),
-            ui.interrupt_seq if interrupted else gr.skip(),
-        )
+            return
+        if len(controls) == 4:
+            ui.controls = self._controls(*controls)
+        ok = isinstance(pause, int | float) and not isinstance(pause, bool) and pause > 0
+        ui.pause = float(pause) if ok else None
 
-    def hands_free_stopped(self, ui: UISession | None) -> tuple[Any, ...]:
-        if not isinstance(ui, UISession) or ui.detector is None:
-            return "", gr.skip()
+    def toggle_hands_free(
+        self, on: bool, ui: UISession | None, pause: Any = None, *controls: Any
+    ) -> tuple[Any, ...]:
+        if isinstance(ui, UISession):
+            if on:
+                self.settings(ui, pause, *controls)
+            else:
+                self.conversation.stop_listening(ui)
+        return gr.HTML(visible=bool(on)), gr.Audio(visible=not on)
+
+    def hear(self, ui: UISession, chunk: Any, *, end: bool = False) -> dict[str, Any]:
+        """One post of the page's microphone (`ui.microphone`): `(rate, samples)`, and `end`
+        when the microphone stopped after it. What the page shows and does next: the status
+        line, the number of an utterance that ended (its turn is running), a barge-in."""
+        problem = None
+        with ui.mic_lock:  # a tab's posts come one at a time; this keeps them in order
+            try:
+                ended, interrupted = self.conversation.hear_chunk(ui, chunk, ui.pause)
+            except Exception as exc:  # a bad chunk must not end the stream
+                log.warning("hands-free chunk dropped: %s", exc)
+                ended = interrupted = False
+                problem = f"Could not read the microphone chunk ({type(exc).__name__})."
+            if end:
+                ended = self._end_of_stream(ui) or ended
+        return {
+            "status": problem or ui.hands_free_status,
+            "utterance": ui.utterance_seq if ended else None,
+            "interrupted": interrupted,
+        }
+
+    def _end_of_stream(self, ui: UISession) -> bool:
+        """The microphone stopped: speech still open ends its turn. Whether one did."""
         ended = False
-        for event in ui.detector.flush():
-            if event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
-                self.conversation.queue_utterance(ui, event)
-                ended = True
+        if ui.detector is not None:
+            for event in ui.detector.flush():
+                if event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
+                    self.conversation.queue_utterance(ui, event)
+                    ended = True
         ui.hands_free_status = "Microphone off."
-        return ui.hands_free_status, ui.utterance_seq if ended else gr.skip()
+        return ended
 
     # --- diagnostics ----------------------------------------------------------------------
 

@@ -43,7 +43,17 @@ CSS = """
 .turn-latency { display: inline-block; font-size: 0.78rem; color: var(--body-text-color-subdued);
   margin-top: 2px; }
 #voice-panel .section-title { font-weight: 600; margin: 0 0 2px; }
-#hands-free-status p { margin: 0; font-size: 0.88rem; color: var(--body-text-color-subdued); }
+.va-mic { display: flex; align-items: center; gap: 10px; flex-wrap: wrap; padding: 4px 0; }
+.va-mic-button { padding: 7px 16px; border-radius: var(--button-large-radius, 8px); cursor: pointer;
+  font-weight: 600; border: 1px solid var(--button-primary-border-color);
+  background: var(--button-primary-background-fill); color: var(--button-primary-text-color); }
+.va-mic[data-state="on"] .va-mic-button { background: var(--button-cancel-background-fill);
+  color: var(--button-cancel-text-color); border-color: var(--button-cancel-border-color); }
+.va-mic[data-state="on"] .va-mic-button::before { content: ""; display: inline-block; width: 8px;
+  height: 8px; margin-right: 8px; border-radius: 50%; background: currentColor;
+  animation: va-pulse 1.2s ease-in-out infinite; }
+@keyframes va-pulse { 50% { opacity: 0.25; } }
+.va-mic-status { flex: 1; min-width: 160px; font-size: 0.88rem; color: var(--body-text-color-subdued); }
 .diag-grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 10px; }
 .diag-card { border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 10px 12px;
   background: var(--background-fill-secondary); }

@@ -1,0 +1,194 @@
+"""The page's hands-free microphone (`voice_agent.ui.microphone`): raw PCM posted to
+`POST /voice/mic/{tab}` on a real server ends turns the server answers, barges in on a
+reply, and refuses what is not a microphone's audio with a specific 4xx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio")
+
+from tests.fakes import FakeLLM, FakeTTS, fake_models  # noqa: E402
+from tests.test_playback import Reader, wait_for  # noqa: E402
+from tests.test_ui import speech_clip  # noqa: E402
+from voice_agent.core.cancel import CancelToken  # noqa: E402
+from voice_agent.core.config import get_settings  # noqa: E402
+from voice_agent.pipeline.agent import Agent  # noqa: E402
+from voice_agent.testing.server import LiveServer  # noqa: E402
+from voice_agent.ui import microphone  # noqa: E402
+from voice_agent.ui.blocks import build_ui  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PANEL = (0.6, "Be brief.", 0.0, 64, "")  # pause, system prompt, temperature, tokens, voice
+
+
+@pytest.fixture
+def live(monkeypatch) -> Iterator[tuple[LiveServer, Any, Agent]]:
+    monkeypatch.syspath_prepend(str(REPO))
+    import app as app_module
+
+    get_settings.cache_clear()
+    models = fake_models(llm=FakeLLM("Sunny all day."), tts=FakeTTS())
+    agent = Agent(models)
+    demo = build_ui(lambda: agent, models, pause_default=0.6)
+    with LiveServer(app_module.build_app(models, get_settings(), demo), lifespan=True) as server:
+        yield server, demo.voice_agent_handlers, agent
+
+
+def post(server: LiveServer, tab: str, samples: np.ndarray, rate: int, **query: Any) -> Any:
+    params = {"rate": rate, **query}
+    body = np.asarray(samples, dtype="<i2").tobytes()
+    return httpx.post(f"{server.url}/voice/mic/{tab}", params=params, content=body, timeout=30)
+
+
+def stream(server: LiveServer, tab: str, samples: np.ndarray, rate: int) -> list[dict[str, Any]]:
+    """Post `samples` in 0.25 s pieces, one after the other, as the page does."""
+    replies = []
+    step = rate // 4
+    for start in range(0, len(samples), step):
+        r = post(server, tab, samples[start : start + step], rate)
+        assert r.status_code == 200, r.text
+        replies.append(r.json())
+    return replies
+
+
+def voice(seconds: float, rate: int = 48_000) -> np.ndarray:
+    return (np.clip(speech_clip(seconds, rate), -1, 1) * 32767).astype(np.int16)
+
+
+def test_posts_of_the_pages_microphone_end_a_turn_the_server_answers(live, assets_dir) -> None:
+    import soundfile as sf
+
+    server, handlers, agent = live
+    ui = handlers.on_load()[0]
+    page = Reader(ui.audio)
+    handlers.toggle_hands_free(True, ui, *PANEL)  # the page sends its settings panel
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    replies = stream(server, ui.tab_id, np.concatenate((samples, np.zeros(rate, np.int16))), rate)
+    ended = [r["utterance"] for r in replies if r["utterance"] is not None]
+    assert ended == [1], replies
+    assert any(r["status"] == "Hearing you…" for r in replies)
+    assert not any(r["interrupted"] for r in replies)
+    # The server runs the turn itself; the page's trigger only shows it.
+    wait_for(lambda: len(ui.session.history) == 2)
+    assert ui.session.history[1]["content"].startswith("Sunny all day.")
+    assert agent.models.llm.calls[-1]["system_prompt"] == "Be brief."
+    wait_for(lambda: "audio" in page.kinds())
+    assert ui.detector_pause == 0.6
+
+
+def test_the_pause_slider_sets_how_long_a_pause_ends_the_turn(live, assets_dir) -> None:
+    """speech_pause_speech.wav pauses 1.2 s: with a 0.6 s pause it is two turns, with 2 s one."""
+    import soundfile as sf
+
+    server, handlers, _ = live
+    samples, rate = sf.read(assets_dir / "speech_pause_speech.wav", dtype="int16")
+    audio = np.concatenate((samples, np.zeros(rate * 5 // 2, np.int16)))
+    counts = []
+    for pause in (0.6, 2.0):
+        ui = handlers.on_load()[0]
+        handlers.toggle_hands_free(True, ui, pause, *PANEL[1:])
+        replies = stream(server, ui.tab_id, audio, rate)
+        counts.append(sum(r["utterance"] is not None for r in replies))
+    assert counts == [2, 1]
+
+
+def test_speaking_over_the_reply_silences_it(live) -> None:
+    server, handlers, _ = live
+    ui = handlers.on_load()[0]
+    page = Reader(ui.audio)
+    handlers.toggle_hands_free(True, ui, *PANEL)
+    running = CancelToken()
+    ui.cancel = running  # a reply is being spoken
+    replies = stream(
+        server, ui.tab_id, np.concatenate((np.zeros(48_000, np.int16), voice(1.5))), 48_000
+    )
+    assert [r["interrupted"] for r in replies].count(True) == 1
+    assert running.cancelled and running.reason == "barge-in"
+    wait_for(lambda: "flush" in page.kinds())  # the page's player stops at once
+
+
+def test_stopping_the_microphone_ends_the_turn_it_was_hearing(live, assets_dir) -> None:
+    import soundfile as sf
+
+    server, handlers, _ = live
+    ui = handlers.on_load()[0]
+    handlers.toggle_hands_free(True, ui, *PANEL)
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    replies = stream(server, ui.tab_id, samples, rate)  # no pause after the words
+    assert all(r["utterance"] is None for r in replies)
+    last = post(server, ui.tab_id, np.zeros(0, np.int16), rate, end=1).json()
+    assert last == {"status": "Microphone off.", "utterance": 1, "interrupted": False}
+    wait_for(lambda: len(ui.session.history) == 2)
+
+
+def test_clear_keeps_the_microphone_and_closing_the_tab_ends_it(live) -> None:
+    server, handlers, _ = live
+    conversation = handlers.conversation
+    ui = handlers.on_load()[0]
+    handlers.toggle_hands_free(True, ui, *PANEL)
+    fresh = handlers.clear(ui)[0]
+    assert conversation.tab(ui.tab_id) is fresh and fresh.tab_id == ui.tab_id
+    assert fresh.controls == ui.controls and fresh.pause == 0.6  # the panel is the page's
+    assert post(server, fresh.tab_id, np.zeros(4_000, np.int16), 16_000).status_code == 200
+    conversation.close(fresh)
+    r = post(server, fresh.tab_id, np.zeros(4_000, np.int16), 16_000)
+    assert r.status_code == 404 and "tab" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "status", "words"),
+    [
+        ("", b"\0\0", 400, "rate"),
+        ("?rate=fast", b"\0\0", 400, "rate"),
+        ("?rate=100", b"\0\0", 400, "rate"),
+        ("?rate=10000000", b"\0\0", 400, "rate"),
+        ("?rate=16000", b"\0\0\0", 400, "16-bit"),
+        ("?rate=16000", b"", 200, "Listening"),
+        ("?rate=16000&end=1", b"", 200, "Microphone off"),
+    ],
+)
+def test_posts_are_checked(live, query: str, body: bytes, status: int, words: str) -> None:
+    server, handlers, _ = live
+    ui = handlers.on_load()[0]
+    r = httpx.post(f"{server.url}/voice/mic/{ui.tab_id}{query}", content=body, timeout=30)
+    assert r.status_code == status, r.text
+    text = r.json()["error"]["message"] if status >= 400 else r.json()["status"]
+    assert words in text, text
+
+
+def test_hostile_posts_are_refused_without_reading_them_whole(live) -> None:
+    server, handlers, _ = live
+    ui = handlers.on_load()[0]
+    url = f"{server.url}/voice/mic/{ui.tab_id}?rate=16000"
+    too_big = b"\0" * (microphone.MAX_BYTES + 2)
+    r = httpx.post(url, content=too_big, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+
+    def endless() -> Iterator[bytes]:  # chunked, no length: refused once past the limit
+        piece = b"\0" * 65_536
+        for _ in range(microphone.MAX_BYTES // len(piece) + 50):
+            yield piece
+
+    r = httpx.post(url, content=endless(), timeout=30)
+    assert r.status_code == 413
+    for tab in ("nope", "%ff%fe", "x" * 300):
+        r = httpx.post(f"{server.url}/voice/mic/{tab}?rate=16000", content=b"", timeout=30)
+        assert r.status_code == 404, (tab, r.text)
+    # The tab still works: nothing of the refused posts reached its detector.
+    assert post(server, ui.tab_id, np.zeros(4_000, np.int16), 16_000).status_code == 200
+    assert ui.detector is not None and not ui.utterances
+
+
+def test_the_page_carries_the_microphone() -> None:
+    from voice_agent.ui.blocks import PAGE_HEAD
+
+    assert "window.vaMic" in PAGE_HEAD and "voice/mic/" in PAGE_HEAD
+    assert "const CHUNK_S = 0.25;" in PAGE_HEAD  # the post interval reached the page
+    assert 'id="hands-free-mic"' in microphone.MIC_HTML

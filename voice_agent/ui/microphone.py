@@ -1,0 +1,262 @@
+"""The hands-free microphone: the page's own capture, posted to the server as raw PCM.
+
+Gradio's streaming `gr.Audio` records with a `MediaRecorder`, draws a live waveform
+for as long as it listens, and sends every 0.25 s chunk as an uploaded file through
+its queue (two requests, a WAV encode and decode, queue events back). On a 2-core
+machine that work took the cores from the turn it was listening to: the models ran
+2-5 times slower in hands-free mode than after a recording (docs/agent.md).
+
+Here the page (`MIC_HEAD`) taps the microphone with an `AudioWorklet`, and every
+0.25 s posts what it heard as 16-bit PCM to `POST /voice/mic/{tab}?rate=R`, one
+request at a time (what piles up while one is in flight goes with the next). The
+server feeds it to the tab's turn detector (`Handlers.hear`) and answers with JSON:
+the status line to show, the number of an utterance that just ended (the page then
+clicks the hidden trigger that shows the turn, which the server has already started)
+and whether the user barged in (the page silences its player at once).
+`?end=1` says the microphone stopped: speech still open ends the turn.
+
+The tab id is the secret the page got on load (the same as its audio channel's);
+the route sits behind the app's one credentials rule like every other door.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request  # FastAPI reads the route's annotations at runtime
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/voice/mic/{tab_id}"
+CHUNK_S = 0.25  # how often the page posts (the detector works in 32 ms frames)
+MIN_RATE, MAX_RATE = 8_000, 192_000
+# One post holds what piled up while the one before was in flight; more than this many
+# seconds of audio in one request is not a microphone.
+MAX_POST_S = 4.0
+MAX_BYTES = int(MAX_RATE * MAX_POST_S) * 2
+
+
+class ChunkError(ValueError):
+    """A post the microphone route refuses (HTTP 4xx)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_rate(raw: str | None) -> int:
+    """The `rate` query parameter: the page's capture rate in Hz."""
+    try:
+        rate = int(raw or "")
+    except ValueError:
+        raise ChunkError(f"rate must be the sample rate in Hz ({MIN_RATE}-{MAX_RATE})") from None
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ChunkError(f"rate must be the sample rate in Hz ({MIN_RATE}-{MAX_RATE})")
+    return rate
+
+
+def parse_pcm(body: bytes) -> np.ndarray:
+    """The body: mono little-endian 16-bit PCM."""
+    if len(body) % 2:
+        raise ChunkError("the body must be 16-bit PCM (an even number of bytes)")
+    return np.frombuffer(body, dtype="<i2")
+
+
+async def read_capped(request: Request, limit: int = MAX_BYTES) -> bytes:
+    """The request body, refused (413) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ChunkError(f"at most {MAX_POST_S:.0f} s of audio per post", 413)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise ChunkError(f"at most {MAX_POST_S:.0f} s of audio per post", 413)
+    return bytes(body)
+
+
+def add_route(app: Any, handlers: Any) -> None:
+    """Serve `POST /voice/mic/{tab}` (the hands-free microphone) on the FastAPI `app`."""
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    conversation = handlers.conversation
+
+    async def mic(tab_id: str, request: Request) -> Any:
+        ui = conversation.tab(tab_id)
+        if ui is None:
+            message = "no such tab (the page gets its id when it loads)"
+            return JSONResponse(_error(message, "not_found", 404), status_code=404)
+        try:
+            rate = parse_rate(request.query_params.get("rate"))
+            samples = parse_pcm(await read_capped(request))
+        except ChunkError as exc:
+            kind = "payload_too_large" if exc.status == 413 else "invalid_request"
+            return JSONResponse(_error(str(exc), kind, exc.status), status_code=exc.status)
+        end = request.query_params.get("end") in ("1", "true")
+        # The detector and the turns it starts are plain threads' work: off the event loop.
+        reply = await run_in_threadpool(handlers.hear, ui, (rate, samples), end=end)
+        return JSONResponse(reply, headers={"Cache-Control": "no-store"})
+
+    app.add_api_route(ROUTE, mic, methods=["POST"], include_in_schema=False)
+
+
+def _error(message: str, kind: str, code: int) -> dict[str, Any]:
+    """The REST API's error shape."""
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
+# The page's microphone. `window.vaMic.start()` / `.stop()`; the widget's button calls
+# them, and `#hands-free-mic` shows its state. The tab id is the one the page player got
+# (`window.vaTab`, set on load). Each post waits for the one before: the detector hears
+# the audio in order, and a slow server gets fewer, longer posts instead of a queue.
+MIC_HEAD = """<script>
+(() => {
+  if (window.vaMic) return;
+  const CHUNK_S = CHUNK_SECONDS;
+  // The audio thread hands over ~43 ms blocks (128-sample quanta would be 375 messages/s).
+  const TAP = `class VaTap extends AudioWorkletProcessor {
+    constructor() { super(); this.parts = []; this.n = 0; }
+    process(inputs) {
+      const ch = inputs[0] && inputs[0][0];
+      if (ch) {
+        this.parts.push(ch.slice(0)); this.n += ch.length;
+        if (this.n >= 2048) {
+          const out = new Float32Array(this.n); let o = 0;
+          for (const p of this.parts) { out.set(p, o); o += p.length; }
+          this.port.postMessage(out, [out.buffer]); this.parts = []; this.n = 0;
+        }
+      }
+      return true;
+    }
+  }
+  registerProcessor('va-tap', VaTap);`;
+  const m = {on: false, starting: false, stream: null, ctx: null, rate: 0, parts: [], n: 0,
+             busy: false, ending: false, posts: 0, heardAt: null};
+  const root = () => document.querySelector('#hands-free-mic');
+  const show = (text, on) => {
+    const el = root();
+    if (!el) return;
+    const status = el.querySelector('.va-mic-status');
+    if (status && typeof text === 'string') status.textContent = text;
+    if (typeof on === 'boolean') {
+      el.dataset.state = on ? 'on' : 'off';
+      const button = el.querySelector('button');
+      if (button) button.textContent = on ? 'Stop listening' : 'Start listening';
+    }
+  };
+  const take = () => {
+    const pcm = new Int16Array(m.n);
+    let o = 0;
+    for (const p of m.parts) {
+      for (let i = 0; i < p.length; i++) {
+        const v = Math.max(-1, Math.min(1, p[i]));
+        pcm[o++] = v < 0 ? v * 32768 : v * 32767;
+      }
+    }
+    m.parts = []; m.n = 0;
+    return pcm;
+  };
+  const answer = (reply) => {
+    if (reply.interrupted) {
+      document.querySelectorAll('#reply-audio audio').forEach((a) => a.pause());
+      if (window.vaPlayer) window.vaPlayer.flush();
+    }
+    if (reply.utterance !== null && reply.utterance !== undefined) {
+      // The server already runs the turn; this shows it (and runs it on ZeroGPU).
+      const trigger = document.querySelector('#utterance-trigger');
+      if (trigger) trigger.click();
+    }
+    if (m.on || reply.utterance) show(reply.status);
+  };
+  const post = async (end) => {
+    if (m.busy) { if (end) m.ending = true; return; }
+    if (!m.n && !end) return;
+    m.busy = true;
+    const rate = m.rate;
+    const body = take();
+    const base = window.location.pathname.replace(/[^/]*$/, '');
+    const url = base + 'voice/mic/' + encodeURIComponent(window.vaTab || '') + '?rate=' + rate +
+      (end ? '&end=1' : '');
+    try {
+      const r = await fetch(url, {method: 'POST', body,
+                                  headers: {'Content-Type': 'application/octet-stream'}});
+      const reply = await r.json().catch(() => ({}));
+      m.posts += 1;
+      if (r.ok) answer(reply);
+      else {
+        show((reply.error && reply.error.message) || ('The server refused the microphone (' +
+             r.status + ').'));
+        if (r.status === 404 || r.status === 401 || r.status === 403) stop(false);
+      }
+    } catch (e) {
+      show('The microphone cannot reach the server; still trying.');
+    } finally {
+      m.busy = false;
+    }
+    if (m.ending) { m.ending = false; post(true); }
+    else if (m.on && m.n >= m.rate * CHUNK_S) post(false);
+  };
+  const start = async () => {
+    if (m.on || m.starting) return;
+    if (!window.vaTab) { show('The page is still loading; try again in a moment.'); return; }
+    const AC = window.AudioContext || window.webkitAudioContext;
+    if (!AC || !navigator.mediaDevices || !window.AudioWorkletNode) {
+      show('This browser cannot stream the microphone (it needs https or localhost).');
+      return;
+    }
+    m.starting = true;
+    show('Opening the microphone…');
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({audio: true});
+      const ctx = new AC({latencyHint: 'interactive'});
+      const url = URL.createObjectURL(new Blob([TAP], {type: 'application/javascript'}));
+      await ctx.audioWorklet.addModule(url);
+      URL.revokeObjectURL(url);
+      const tap = new AudioWorkletNode(ctx, 'va-tap', {numberOfOutputs: 1});
+      const mute = ctx.createGain();
+      mute.gain.value = 0;  // pulled by the graph, heard by nobody
+      ctx.createMediaStreamSource(stream).connect(tap);
+      tap.connect(mute).connect(ctx.destination);
+      if (ctx.state === 'suspended') await ctx.resume();
+      Object.assign(m, {stream, ctx, rate: ctx.sampleRate, parts: [], n: 0, on: true});
+      tap.port.onmessage = (e) => {
+        if (!m.on) return;
+        m.parts.push(e.data); m.n += e.data.length;
+        if (m.heardAt === null) m.heardAt = performance.now();
+        if (m.n >= m.rate * CHUNK_S) post(false);
+      };
+      show('Listening — just talk; a pause ends your turn.', true);
+    } catch (e) {
+      show('Could not open the microphone: ' + ((e && e.message) || e), false);
+    } finally {
+      m.starting = false;
+    }
+  };
+  const stop = (send = true) => {
+    if (!m.on) return;
+    m.on = false;
+    if (m.stream) m.stream.getTracks().forEach((t) => t.stop());
+    if (m.ctx) m.ctx.close().catch(() => {});
+    m.stream = m.ctx = null;
+    show('Microphone off.', false);
+    if (send) post(true); else { m.parts = []; m.n = 0; }
+  };
+  document.addEventListener('click', (e) => {
+    const button = e.target && e.target.closest && e.target.closest('#hands-free-mic button');
+    if (button) { if (m.on) stop(); else start(); }
+  });
+  window.vaMic = {start, stop, get on() { return m.on; }, get posts() { return m.posts; },
+                  get startedAt() { return m.heardAt; }};
+})();
+</script>""".replace("CHUNK_SECONDS", str(CHUNK_S))
+
+# The widget: a button and the detector's status line (updated by `MIC_HEAD`).
+MIC_HTML = (
+    '<div id="hands-free-mic" class="va-mic" data-state="off">'
+    '<button type="button" class="va-mic-button">Start listening</button>'
+    '<span class="va-mic-status" id="hands-free-status" role="status" aria-live="polite">'
+    "Press <b>Start listening</b>, then just talk.</span></div>"
+)
