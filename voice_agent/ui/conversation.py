@@ -602,9 +602,9 @@ class Conversation:
         with self._tabs_lock:
             if self._tabs.get(ui.tab_id) is ui:
                 self._tabs[ui.tab_id] = fresh
-        # The page's hidden triggers hold these numbers: a count that started again from 0
-        # would repeat a value the trigger already has, and Gradio fires no change, so the
-        # first hands-free turn after Clear was never answered.
+        # The page keeps counting where it was: a count that started again from 0 would
+        # repeat numbers it has already seen (once, the first hands-free turn after Clear
+        # was never answered for that reason).
         fresh.utterance_seq, fresh.interrupt_seq = ui.utterance_seq, ui.interrupt_seq
         if hasattr(fresh.session, "allow_actions"):  # consent is the tab's, not the chat's
             fresh.session.allow_actions = getattr(ui.session, "allow_actions", None)

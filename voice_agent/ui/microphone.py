@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request  # FastAPI reads the route's annotations at runtime
 
+from voice_agent.ui.playback import error_json
+
 log = logging.getLogger(__name__)
 
 ROUTE = "/voice/mic/{tab_id}"
@@ -88,24 +90,19 @@ def add_route(app: Any, handlers: Any) -> None:
         ui = conversation.tab(tab_id)
         if ui is None:
             message = "no such tab (the page gets its id when it loads)"
-            return JSONResponse(_error(message, "not_found", 404), status_code=404)
+            return JSONResponse(error_json(message, "not_found", 404), status_code=404)
         try:
             rate = parse_rate(request.query_params.get("rate"))
             samples = parse_pcm(await read_capped(request))
         except ChunkError as exc:
             kind = "payload_too_large" if exc.status == 413 else "invalid_request"
-            return JSONResponse(_error(str(exc), kind, exc.status), status_code=exc.status)
+            return JSONResponse(error_json(str(exc), kind, exc.status), status_code=exc.status)
         end = request.query_params.get("end") in ("1", "true")
         # The detector and the turns it starts are plain threads' work: off the event loop.
         reply = await run_in_threadpool(handlers.hear, ui, (rate, samples), end=end)
         return JSONResponse(reply, headers={"Cache-Control": "no-store"})
 
     app.add_api_route(ROUTE, mic, methods=["POST"], include_in_schema=False)
-
-
-def _error(message: str, kind: str, code: int) -> dict[str, Any]:
-    """The REST API's error shape."""
-    return {"error": {"message": message, "type": kind, "code": code}}
 
 
 # The page's microphone. `window.vaMic.start()` / `.stop()`; the widget's button calls
@@ -134,7 +131,7 @@ MIC_HEAD = """<script>
   }
   registerProcessor('va-tap', VaTap);`;
   const m = {on: false, starting: false, stream: null, ctx: null, rate: 0, parts: [], n: 0,
-             busy: false, ending: false, posts: 0, heardAt: null};
+             busy: false, ending: false, posts: 0};
   const root = () => document.querySelector('#hands-free-mic');
   const show = (text, on) => {
     const el = root();
@@ -225,7 +222,6 @@ MIC_HEAD = """<script>
       tap.port.onmessage = (e) => {
         if (!m.on) return;
         m.parts.push(e.data); m.n += e.data.length;
-        if (m.heardAt === null) m.heardAt = performance.now();
         if (m.n >= m.rate * CHUNK_S) post(false);
       };
       show('Listening — just talk; a pause ends your turn.', true);
@@ -248,8 +244,7 @@ MIC_HEAD = """<script>
     const button = e.target && e.target.closest && e.target.closest('#hands-free-mic button');
     if (button) { if (m.on) stop(); else start(); }
   });
-  window.vaMic = {start, stop, get on() { return m.on; }, get posts() { return m.posts; },
-                  get startedAt() { return m.heardAt; }};
+  window.vaMic = {start, stop, get on() { return m.on; }, get posts() { return m.posts; }};
 })();
 </script>""".replace("CHUNK_SECONDS", str(CHUNK_S))
 

@@ -225,14 +225,14 @@ def add_route(app: Any, channels: AudioChannels | None = None) -> None:
         channel = registry.get(channel_id)
         if channel is None:
             message = "no such audio channel (the page opens one when it loads)"
-            return JSONResponse(_error(message, "not_found", 404), status_code=404)
+            return JSONResponse(error_json(message, "not_found", 404), status_code=404)
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(channel.frames(), media_type="text/event-stream", headers=headers)
 
     async def heard(channel_id: str, request: Request) -> Any:
         channel = registry.get(channel_id)
         if channel is None:
-            return JSONResponse(_error("no such audio channel", "not_found", 404), 404)
+            return JSONResponse(error_json("no such audio channel", "not_found", 404), 404)
         try:
             body = json.loads(await request.body())
             turn, wait_s = body["turn"], float(body["wait_s"])
@@ -240,7 +240,7 @@ def add_route(app: Any, channels: AudioChannels | None = None) -> None:
                 raise ValueError
         except (ValueError, TypeError, KeyError, UnicodeDecodeError):
             message = 'send {"turn": <int>, "wait_s": <seconds, 0 to 10>}'
-            return JSONResponse(_error(message, "invalid_request", 400), 400)
+            return JSONResponse(error_json(message, "invalid_request", 400), 400)
         channel.report_heard(turn, wait_s)
         return Response(status_code=204)
 
@@ -248,8 +248,8 @@ def add_route(app: Any, channels: AudioChannels | None = None) -> None:
     app.add_api_route(HEARD_ROUTE, heard, methods=["POST"], include_in_schema=False)
 
 
-def _error(message: str, kind: str, code: int) -> dict[str, Any]:
-    """The REST API's error shape."""
+def error_json(message: str, kind: str, code: int) -> dict[str, Any]:
+    """The REST API's error shape, for the page's own routes (here and `ui.microphone`)."""
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
