@@ -17,6 +17,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VOICE_AGENT_TEST", "1")
 
 
+EXIT_WATCHDOG_S = 120.0
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread left running must fail the run, not hang CI until its time limit.
+
+    Python joins every non-daemon thread before it exits. A daemon watchdog outlives
+    that join only if it hangs; then it prints every thread's stack and exits with 1.
+    """
+    import faulthandler
+    import sys
+    import threading
+    import time
+
+    def watch() -> None:
+        time.sleep(EXIT_WATCHDOG_S)
+        print("\npytest finished but a thread kept the process alive:", file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-watchdog", daemon=True).start()
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding llm/, stt/, vits/, piper/ and dia2/ tiny checkpoints (built once)."""

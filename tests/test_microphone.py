@@ -67,19 +67,20 @@ def test_posts_of_the_pages_microphone_end_a_turn_the_server_answers(live, asset
 
     server, handlers, agent = live
     ui = handlers.on_load()[0]
-    page = Reader(ui.audio)
-    handlers.toggle_hands_free(True, ui, *PANEL)  # the page sends its settings panel
-    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
-    replies = stream(server, ui.tab_id, np.concatenate((samples, np.zeros(rate, np.int16))), rate)
-    ended = [r["utterance"] for r in replies if r["utterance"] is not None]
-    assert ended == [1], replies
-    assert any(r["status"] == "Hearing you…" for r in replies)
-    assert not any(r["interrupted"] for r in replies)
-    # The server runs the turn itself; the page's trigger only shows it.
-    wait_for(lambda: len(ui.session.history) == 2)
-    assert ui.session.history[1]["content"].startswith("Sunny all day.")
-    assert agent.models.llm.calls[-1]["system_prompt"] == "Be brief."
-    wait_for(lambda: "audio" in page.kinds())
+    with Reader(ui.audio) as page:
+        handlers.toggle_hands_free(True, ui, *PANEL)  # the page sends its settings panel
+        samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+        audio = np.concatenate((samples, np.zeros(rate, np.int16)))
+        replies = stream(server, ui.tab_id, audio, rate)
+        ended = [r["utterance"] for r in replies if r["utterance"] is not None]
+        assert ended == [1], replies
+        assert any(r["status"] == "Hearing you…" for r in replies)
+        assert not any(r["interrupted"] for r in replies)
+        # The server runs the turn itself; the page's trigger only shows it.
+        wait_for(lambda: len(ui.session.history) == 2)
+        assert ui.session.history[1]["content"].startswith("Sunny all day.")
+        assert agent.models.llm.calls[-1]["system_prompt"] == "Be brief."
+        wait_for(lambda: "audio" in page.kinds())
     assert ui.detector_pause == 0.6
 
 
@@ -102,16 +103,15 @@ def test_the_pause_slider_sets_how_long_a_pause_ends_the_turn(live, assets_dir) 
 def test_speaking_over_the_reply_silences_it(live) -> None:
     server, handlers, _ = live
     ui = handlers.on_load()[0]
-    page = Reader(ui.audio)
-    handlers.toggle_hands_free(True, ui, *PANEL)
-    running = CancelToken()
-    ui.cancel = running  # a reply is being spoken
-    replies = stream(
-        server, ui.tab_id, np.concatenate((np.zeros(48_000, np.int16), voice(1.5))), 48_000
-    )
-    assert [r["interrupted"] for r in replies].count(True) == 1
-    assert running.cancelled and running.reason == "barge-in"
-    wait_for(lambda: "flush" in page.kinds())  # the page's player stops at once
+    with Reader(ui.audio) as page:
+        handlers.toggle_hands_free(True, ui, *PANEL)
+        running = CancelToken()
+        ui.cancel = running  # a reply is being spoken
+        audio = np.concatenate((np.zeros(48_000, np.int16), voice(1.5)))
+        replies = stream(server, ui.tab_id, audio, 48_000)
+        assert [r["interrupted"] for r in replies].count(True) == 1
+        assert running.cancelled and running.reason == "barge-in"
+        wait_for(lambda: "flush" in page.kinds())  # the page's player stops at once
 
 
 def test_stopping_the_microphone_ends_the_turn_it_was_hearing(live, assets_dir) -> None:

@@ -54,9 +54,24 @@ class Reader:
         self.done = threading.Event()
         self._channel = channel
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._read(),))
+        # A daemon: a reader whose channel a test forgot to close must not keep pytest alive.
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self._read(),), daemon=True
+        )
         self._thread.start()
         wait_for(lambda: channel.listening)
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """The page went away: end the stream and the reader's thread."""
+        self._channel.close()
+        self._thread.join(5)
+        self._loop.close()
 
     async def _read(self) -> None:
         async for frame in self._channel.frames():
