@@ -105,3 +105,38 @@ def test_priming_prefills_the_shared_start_so_a_first_turn_computes_only_its_own
     engine._prompt_cache = None
     assert scripted.prime(wait_s=5)
     assert engine.last_prefill is not None and engine.last_prefill.prompt_tokens > 1000
+
+
+def test_the_voice_bench_hears_a_spoken_questions_words_each_turn_a_new_one(
+    engine, assets_dir
+) -> None:
+    """Bug: the random recogniser's 16 tokens came out as about 200 characters, which the
+    LLM's tokenizer made about 150 tokens; their prefill (1.4 s on 2 cores) was most of a
+    record/stop turn, and whether a turn paid it depended on what the model happened to
+    write. `ScriptedSTT` keeps the model's compute and says a question's words instead."""
+    import numpy as np
+
+    from tests.fakes import FakeSTT
+    from voice_agent.bench.pipeline import QUESTIONS, ScriptedSTT
+
+    model = FakeSTT("zq " * 70)  # what a random model writes
+    stt = ScriptedSTT(model)
+    speech = (16_000, np.full(16_000, 0.1, np.float32))
+    said = [stt.transcribe(speech) for _ in range(len(QUESTIONS) + 1)]
+    assert model.calls == len(QUESTIONS) + 1  # the model ran on every clip
+    assert [t.text for t in said] == [*QUESTIONS, QUESTIONS[0]]
+    assert len(set(QUESTIONS)) == len(QUESTIONS) and said[0].duration_s == 1.0
+    assert stt.model_id == "fake-stt"  # the rest is the model's
+    assert stt.transcribe((16_000, np.zeros(16_000, np.float32))).text == ""  # nothing heard
+
+    agent = Agent(
+        fake_models(llm=ScriptedLLM(engine, PIECES), stt=stt, tts=FakeTTS()),
+        tools=Toolbox(builtin_tools()),
+    )
+    assert agent.prime(wait_s=5)
+    session = agent.new_session(generation=GENERATION)
+    events = list(agent.run_turn(session, audio=str(assets_dir / "hello.wav")))
+    assert events[-1].kind == "done"
+    assert engine.last_prefill is not None
+    # Only the question and the template around it: a spoken question's share of a turn.
+    assert engine.last_prefill.computed_tokens < 50, engine.last_prefill

@@ -40,6 +40,7 @@ Whisper's decode is capped at `STT_TOKENS` tokens (about the clip's words).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import statistics
@@ -167,6 +168,49 @@ class ScriptedLLM:
         return self.stream_reply(
             messages, settings, cancel, system_prompt, tools=tools, tool_choice=tool_choice
         ).collect()
+
+
+# What the user asks in the voice bench: about as many words as hello.wav's 3.4 s hold, each
+# different, so no turn finds its words already in the LLM's kept prompt cache.
+QUESTIONS = (
+    "What will the weather be like this afternoon?",
+    "Is it going to rain in the city later today?",
+    "How warm will it be when I go out tonight?",
+    "Should I take an umbrella for my walk today?",
+    "Will it be sunny enough for the park tomorrow?",
+)
+
+
+class ScriptedSTT:
+    """Wraps a speech recogniser: each transcription runs the model on the audio as asked,
+    and its text is the next of `texts`.
+
+    A random model writes random tokens: some 200 characters for a 3.4 s clip, which the
+    LLM's tokenizer makes about 150 tokens, ten times a spoken question's. Their prefill
+    (about 10 ms a token on 2 cores) would then be most of the turn, and differ from turn
+    to turn with whatever the model happened to write.
+    """
+
+    def __init__(self, stt: Any, texts: tuple[str, ...] = QUESTIONS) -> None:
+        self._stt = stt
+        self.texts = texts
+        self._said = itertools.count()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_stt":  # not set yet (a copy being made): no endless lookup
+            raise AttributeError(name)
+        return getattr(self._stt, name)
+
+    def _scripted(self, transcript: Any) -> Any:
+        if not transcript.text.strip():  # it heard nothing: nothing is said
+            return transcript
+        return replace(transcript, text=self.texts[next(self._said) % len(self.texts)])
+
+    def transcribe(self, audio: Any, language: str | None = None) -> Any:
+        return self._scripted(self._stt.transcribe(audio, language))
+
+    def transcribe_words(self, audio: Any, language: str | None = None) -> Any:
+        return self._scripted(self._stt.transcribe_words(audio, language))
 
 
 def build_llm(out_dir: Path, *, tiny: bool = False, size: QwenSize = "0.5B") -> Path:

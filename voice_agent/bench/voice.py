@@ -111,17 +111,23 @@ PROBE_JS = """
 })();
 """.replace("STALL_MIN_MS", str(STALL_MIN_MS)).replace("POLL_MS", str(POLL_MS))
 
-# The app, with the random LLM scripted to a real reply (as in the pipeline bench).
+# The app, with the random LLM scripted to a real reply (as in the pipeline bench) and the
+# random speech recogniser to a real question's words.
 LAUNCHER = """
 import sys
-from voice_agent.bench.pipeline import ScriptedLLM, reply_pieces
+from voice_agent.bench.pipeline import ScriptedLLM, ScriptedSTT, reply_pieces
 from voice_agent.pipeline import models
 
-def scripted(settings, progress):
+def scripted_llm(settings, progress):
     return ScriptedLLM(models._load_llm(settings, progress), reply_pieces())
 
-if {script}:
-    models.DEFAULT_LOADERS["llm"] = scripted
+def scripted_stt(settings, progress):
+    return ScriptedSTT(models._load_stt(settings, progress))
+
+if {script_llm}:
+    models.DEFAULT_LOADERS["llm"] = scripted_llm
+if {script_stt}:
+    models.DEFAULT_LOADERS["stt"] = scripted_stt
 import app
 sys.exit(app.main(["--host", "127.0.0.1", "--port", "{port}"]))
 """
@@ -223,8 +229,9 @@ def _page_state(page: Any) -> str:
         return f"(page state unreadable: {exc})"
 
 
-def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
-    """Model variables for the app, whether the LLM is scripted, and what each model is."""
+def _models(root: Path) -> tuple[dict[str, str], dict[str, bool], dict[str, str]]:
+    """Model variables for the app, which models are scripted (random weights: the LLM's
+    reply and the STT's words), and what each model is."""
     from voice_agent.bench.pipeline import build_llm
     from voice_agent.testing.tiny_piper import build_shaped as build_piper
 
@@ -244,13 +251,15 @@ def _models(root: Path) -> tuple[dict[str, str], bool, dict[str, str]]:
         )
     if "stt" not in env:
         path, about["stt"] = build_default_stt(root / "stt")
+        about["stt"] += ", scripted words (bench.pipeline.QUESTIONS)"
         env["STT_MODEL_NAME"] = str(path)
     if "tts" not in env:
         # The CPU default voice (Piper, onnxruntime), a medium voice's widths.
         env["TTS_MODEL_NAME"] = str(build_piper(root / "tts"))
         env["TTS_BACKEND"] = "piper"
         about["tts"] = "Piper medium shape (ONNX), random weights"
-    return env, not os.environ.get(MODEL_VARIABLES["llm"]), about
+    scripted = {part: not os.environ.get(MODEL_VARIABLES[part]) for part in ("llm", "stt")}
+    return env, scripted, about
 
 
 def build_default_stt(out: Path, model_id: str | None = None) -> tuple[Path, str]:
@@ -305,7 +314,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         log = root / "app.log"
         with open(log, "w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-c", LAUNCHER.format(script=scripted, port=port)],
+                [
+                    sys.executable,
+                    "-c",
+                    LAUNCHER.format(
+                        script_llm=scripted["llm"], script_stt=scripted["stt"], port=port
+                    ),
+                ],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=out,

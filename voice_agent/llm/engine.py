@@ -511,6 +511,7 @@ class OpenSourceLLM:
                 torch.manual_seed(gen.seed)
             cache, reused = self._take_cache(input_ids)
             self.last_prefill = Prefill(len(input_ids), reused)
+            log.debug("prompt of %d tokens, %d of them from the kept cache", len(input_ids), reused)
             with torch.inference_mode():
                 out = model.generate(
                     input_ids=ids,
