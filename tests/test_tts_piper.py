@@ -129,6 +129,9 @@ def test_tiny_voice_speaks_through_the_engine(monkeypatch, tiny_models: Path) ->
     assert tts.describe()["backend"] == "piper"
     with pytest.raises(UnknownVoiceError, match="default"):
         tts.synthesize("Hello.", voice="nobody")
+    # Its threads sleep between runs: spinning, they slowed the LLM's next tokens by 20 %.
+    options = tts._backend.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_auto_on_cpu_picks_piper_from_local_models(
