@@ -58,7 +58,7 @@ MODEL_VARIABLES = {
 
 PROBE_JS = """
 (() => {
-  const va = window.__va = {active: false, micStart: null, first: null, stalls: [], status: {},
+  const va = window.__va = {active: false, micStart: null, first: null, stalls: [], stallAt: [], status: {},
                             lastAdvance: null, endAt: null, played: 0, fromTurn: -1, via: null};
   const md = navigator.mediaDevices;
   if (md && md.getUserMedia) {
@@ -66,7 +66,7 @@ PROBE_JS = """
     md.getUserMedia = async (c) => { const s = await original(c); va.micStart = performance.now(); return s; };
   }
   const seen = new Map();
-  va.reset = () => { va.active = true; va.first = null; va.stalls = []; va.status = {};
+  va.reset = () => { va.active = true; va.first = null; va.stalls = []; va.stallAt = []; va.status = {};
                      va.lastAdvance = null; va.endAt = null; va.played = 0; va.micStart = null;
                      va.via = null;
                      va.fromTurn = window.vaPlayer ? window.vaPlayer.stats.turn : -1; };
@@ -88,6 +88,7 @@ PROBE_JS = """
         va.via = 'player';
         va.first = st.firstAt;
         va.stalls = st.gaps.filter((g) => g * 1000 > STALL_MIN_MS);
+        va.stallAt = st.gapAt.filter((_, i) => st.gaps[i] * 1000 > STALL_MIN_MS);
         va.played = st.audioS;
         va.endAt = st.endAt;
       }
@@ -208,6 +209,10 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
         "stalls": len(stalls),
         "longest_stall_s": round(max(stalls, default=0.0), 3),
         "stall_s_total": round(sum(stalls), 3),
+        # Where each stall came: after how many chunks and seconds of the reply's audio.
+        "stall_after": [
+            {"chunks": n, "audio_s": round(s, 2)} for n, s in probe.get("stallAt") or []
+        ],
         "latency_line": page.locator("#chat .turn-latency").last.inner_text(),
         "heard_via": probe["via"],
     }

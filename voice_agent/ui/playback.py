@@ -261,7 +261,9 @@ PLAYER_HEAD = """<script>
 (() => {
   if (window.vaPlayer) return;
   const AC = window.AudioContext || window.webkitAudioContext;
-  const fresh = (turn) => ({turn, chunks: 0, firstAt: null, endAt: null, gaps: [], audioS: 0});
+  // gapAt[i]: the chunks and the seconds of audio that had played before gap i.
+  const fresh = (turn) => ({turn, chunks: 0, firstAt: null, endAt: null, gaps: [], gapAt: [],
+                            audioS: 0});
   const s = {ctx: null, source: null, id: null, nextAt: 0, nodes: new Set(), dropTo: -1,
              stats: fresh(-1)};
   const context = () => {
@@ -303,7 +305,10 @@ PLAYER_HEAD = """<script>
     if (m.turn !== s.stats.turn) { s.stats = fresh(m.turn); s.nextAt = 0; }
     const st = s.stats;
     const soonest = ctx.currentTime + 0.005;
-    if (st.chunks > 0 && soonest > s.nextAt) st.gaps.push(soonest - s.nextAt);
+    if (st.chunks > 0 && soonest > s.nextAt) {
+      st.gaps.push(soonest - s.nextAt);
+      st.gapAt.push([st.chunks, st.audioS]);
+    }
     const at = Math.max(s.nextAt, soonest);
     const node = ctx.createBufferSource();
     node.buffer = buffer;
