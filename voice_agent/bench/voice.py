@@ -87,8 +87,9 @@ PROBE_JS = """
       if (now >= st.firstAt) {
         va.via = 'player';
         va.first = st.firstAt;
-        va.stalls = st.gaps.filter((g) => g * 1000 > STALL_MIN_MS);
-        va.stallAt = st.gapAt.filter((_, i) => st.gaps[i] * 1000 > STALL_MIN_MS);
+        const late = st.gaps.filter((g) => g.s * 1000 > STALL_MIN_MS);
+        va.stalls = late.map((g) => g.s);
+        va.stallAt = late.map((g) => [g.chunks, g.audioS]);
         va.played = st.audioS;
         va.endAt = st.endAt;
       }

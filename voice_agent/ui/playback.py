@@ -261,9 +261,8 @@ PLAYER_HEAD = """<script>
 (() => {
   if (window.vaPlayer) return;
   const AC = window.AudioContext || window.webkitAudioContext;
-  // gapAt[i]: the chunks and the seconds of audio that had played before gap i.
-  const fresh = (turn) => ({turn, chunks: 0, firstAt: null, endAt: null, gaps: [], gapAt: [],
-                            audioS: 0});
+  // gaps: each silence between chunks (s), after how many chunks and seconds of audio.
+  const fresh = (turn) => ({turn, chunks: 0, firstAt: null, endAt: null, gaps: [], audioS: 0});
   const s = {ctx: null, source: null, id: null, nextAt: 0, nodes: new Set(), dropTo: -1,
              stats: fresh(-1)};
   const context = () => {
@@ -306,8 +305,7 @@ PLAYER_HEAD = """<script>
     const st = s.stats;
     const soonest = ctx.currentTime + 0.005;
     if (st.chunks > 0 && soonest > s.nextAt) {
-      st.gaps.push(soonest - s.nextAt);
-      st.gapAt.push([st.chunks, st.audioS]);
+      st.gaps.push({s: soonest - s.nextAt, chunks: st.chunks, audioS: st.audioS});
     }
     const at = Math.max(s.nextAt, soonest);
     const node = ctx.createBufferSource();

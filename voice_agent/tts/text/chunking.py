@@ -9,9 +9,10 @@
   the one splitter every streamed reply goes through. A `Phrasing` says where it
   cuts: at sentence ends; in "phrase" mode (Dia2) also at clauses of a few words;
   any run of `max_words` words; and the first piece early (`first_phrase_words`,
-  and before a word that opens a phrase), so speech starts before the reply is complete. With `growth`, a piece may be at
-  most that factor longer than the one before it (up to `max_words`), so each
-  piece is synthesized while the one before it plays.
+  and before a word that opens a phrase), so speech starts before the reply is
+  complete. With `growth`, a piece may be at most that factor longer than the one
+  before it (up to `max_words`), so each piece is synthesized while the one before
+  it plays.
 - `fade_edges` / `join_audio`: short raised-cosine fades at each piece's edges,
   so back-to-back pieces meet at zero (no step, no click).
 """
@@ -44,11 +45,12 @@ CLAUSE = re.compile(r"[,;:](?=\s)|\s[-–—]\s")
 # The first phrase's comma as it arrives, before the space after it: after a letter it can
 # only end a clause ("10,000" and "3,5" have digits), and the next token is ~0.15 s away.
 FIRST_COMMA = re.compile(r"(?<=[^\W\d_]),$")
-# Where the first phrase may also end: before a word that opens a new phrase ("It looks
-# sunny | this afternoon", "closed | at ten"), the moment that word's first token arrives,
-# two or three tokens before the comma or the 8th word. The cut is at a space, so a word
-# that only starts like one ("forecast") still leaves the phrase before it whole.
-FIRST_BREAK = re.compile(
+# Before a word that opens a new phrase ("It looks sunny | this afternoon", "closed | at
+# ten"). The first phrase ends there the moment that word's first token arrives, two or
+# three tokens before the comma or the 8th word; a later piece at its word limit goes back
+# to one when it has no clause mark. The cut is at a space, so a word that only starts
+# like one ("forecast") still leaves the phrase before it whole.
+PHRASE_START = re.compile(
     r"(?=\s(?:with|and|but|or|so|because|since|although|though|which|who|when|where|while"
     r"|if|unless|until|after|before|this|these|in|on|at|for|from|during|then)(?:\W|$))"
 )
@@ -73,7 +75,7 @@ class Phrasing:
             run-on reply does not hold speech back.
         first_phrase_words: the first piece goes out after this many words, at its
             first clause of `min_words` words, or before a word that opens a phrase
-            (`FIRST_BREAK`) after `min_words` words, without waiting for the sentence
+            (`PHRASE_START`) after `min_words` words, without waiting for the sentence
             to end: the time to the first audio is what a listener notices most.
         growth: with `first_phrase_words`, a piece after the first is cut after
             `growth` times the previous piece's words (at least `later_min_words`, at
@@ -169,7 +171,7 @@ def _cut_points(
     cuts: list[int] = []
     start = 0
     clauses = [*CLAUSE.finditer(text), *(FIRST_COMMA.finditer(text) if first else ())]
-    breaks = FIRST_BREAK.finditer(text) if first else ()
+    breaks = PHRASE_START.finditer(text) if first else ()
     candidates = sorted(
         [(m, "end") for m in END.finditer(text)]
         + [(m, "clause") for m in clauses]
@@ -251,7 +253,7 @@ def _run_cut(
         last = space.start()
         if words >= limit and _phrase_ready(segment[: space.start()], min_words):
             if at_clause:
-                for marks in (CLAUSE, FIRST_BREAK):
+                for marks in (CLAUSE, PHRASE_START):
                     cuts = [
                         m.end()
                         for m in marks.finditer(segment, 0, space.start())
