@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,56 @@ def test_fade_edges_start_and_end_at_zero() -> None:
     assert faded[500] == 1.0
     assert fade_edges(np.ones(3, np.float32), 16_000).shape == (3,)
     assert join_audio([], 16_000).size == 0
+
+
+LATER = Phrasing("sentence", max_words=25, first_phrase_words=8, growth=1.5)
+
+
+def _fed(splitter: TextSplitter, text: str) -> list[str]:
+    out: list[str] = []
+    for token in re.findall(r"\s*\S+", text):  # an LLM's tokens: the space leads the word
+        out += splitter.feed(token)
+    return out
+
+
+def test_hurry_sends_the_waiting_words_at_their_last_clause():
+    """The voice bench: after the 0.85 s first phrase "It looks sunny", the 5 words the next
+    piece waited for came too late in every turn (0.3-0.8 s of silence). When the audio is
+    about to run out, the words that have come go now, at their clause."""
+    splitter = TextSplitter(LATER)
+    assert _fed(splitter, "It looks sunny this") == ["It looks sunny"]
+    assert _fed(splitter, " afternoon, with") == []  # the rules would wait for 5 words
+    assert splitter.hurry() == ["this afternoon,"]
+    assert _fed(splitter, " a light breeze from the") == ["with a light breeze"]
+    assert splitter.hurry() == []  # one whole word ("from"; "the" may still be arriving)
+    assert splitter.close() == ["from the"]
+
+
+def test_hurry_cuts_before_a_phrase_word_else_at_the_last_whole_word():
+    splitter = TextSplitter(LATER)
+    assert _fed(splitter, "Sure thing, my friend, the shop is") == ["Sure thing, my friend,"]
+    assert _fed(splitter, " open until ten") == []
+    assert splitter.hurry() == ["the shop is open"]  # before "until", a phrase word
+    assert _fed(splitter, " tonight sharp") == []
+    # No clause, no phrase word after two words: up to the last space ("sharp" may be
+    # the start of "sharpish").
+    assert splitter.hurry() == ["until ten tonight"]
+    assert splitter.close() == ["sharp"]
+
+
+def test_hurry_leaves_the_first_phrase_and_code_to_their_rules():
+    splitter = TextSplitter(LATER)
+    assert _fed(splitter, "Well I think") == []
+    assert splitter.hurry() == []  # the first phrase has its own rules
+    assert _fed(splitter, " that, yes") == ["Well I think that,"]
+    assert _fed(splitter, " run ```pip install the package``` then") == []
+    assert splitter.hurry() == []  # code is never cut
+
+
+def test_split_stream_hurries_only_when_the_audio_runs_dry():
+    tokens = re.findall(r"\s*\S+", "It looks sunny this afternoon, with a light breeze today.")
+    calm = list(split_stream(tokens, phrasing=LATER, running_dry=lambda: False))
+    dry = list(split_stream(tokens, phrasing=LATER, running_dry=lambda: True))
+    assert calm == ["It looks sunny", "this afternoon, with a light", "breeze today."]
+    assert dry[:2] == ["It looks sunny", "this afternoon,"]
+    assert " ".join(dry) == " ".join(calm)  # no word lost or doubled

@@ -126,3 +126,40 @@ def test_markup_only_pieces_are_skipped_in_a_stream(monkeypatch, tiny_models: Pa
     pieces = ["```python\n", "x = 1\n", "```\n", "😀 ", "Done. "]
     chunks = list(tts.stream(iter(pieces)))
     assert [c.text for c in chunks if not c.final] == ["Done."]
+
+
+def test_the_words_that_have_come_go_when_the_audio_runs_dry(
+    monkeypatch, tiny_models: Path
+) -> None:
+    """The voice bench: after the 0.85 s first phrase the next piece's words came too late
+    in every turn. The engine knows when the audio it handed out will have played; when
+    that is under `hurry_s` away, the splitter sends the words that have come."""
+    import re
+
+    import voice_agent.tts.engine as engine_module
+    from voice_agent.tts.text.chunking import Phrasing
+
+    tts = engine(monkeypatch, "vits", tiny_models / "vits")
+    phrasing = Phrasing("sentence", max_words=25, first_phrase_words=8, growth=1.5, hurry_s=0.5)
+    clock = [0.0]
+    monkeypatch.setattr(engine_module, "_now", lambda: clock[0])
+
+    def said(seconds_per_token: float) -> list[str]:
+        def tokens() -> Iterator[str]:
+            for token in re.findall(
+                r"\s*\S+", "It looks sunny this afternoon, with a light breeze today."
+            ):
+                clock[0] += seconds_per_token
+                yield token
+
+        return [c.text for c in tts.stream(tokens(), phrasing=phrasing) if c.text]
+
+    # The audio never plays out: the pieces follow the rules alone.
+    assert said(0.0) == ["It looks sunny", "this afternoon, with a light", "breeze today."]
+    # Each token comes after the audio before it has played: the whole words that have
+    # come go at once, two at least.
+    hurried = ["It looks sunny", "this afternoon,", "with a", "light breeze", "today."]
+    assert said(100.0) == hurried
+    # Off without hurry_s.
+    phrasing = Phrasing("sentence", max_words=25, first_phrase_words=8, growth=1.5)
+    assert said(100.0) == ["It looks sunny", "this afternoon, with a light", "breeze today."]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -77,6 +78,27 @@ KNOWN_PARAMS = {DEFAULT_DIA2: 1.9e9, DEFAULT_DIA2_SMALL: 1.08e9, DEFAULT_DIA: 1.
 MIMI_BYTES = int(0.4 * GIB)  # Mimi codec beside Dia2, float32
 FOREIGN_SHARE = 0.15  # share of non-ASCII letters above which we warn an English-only voice
 END_MS = 20.0  # the silent final chunk that marks the end of a stream
+
+
+class Playout:
+    """When the audio handed out so far will have played, if each chunk plays from the
+    moment it is handed out or when the one before ends (a player starts later, so this
+    errs early). Tells the splitter when the listener is about to hear silence."""
+
+    def __init__(self) -> None:
+        self._until: float | None = None
+
+    def add(self, seconds: float) -> None:
+        now = _now()
+        self._until = max(self._until if self._until is not None else now, now) + seconds
+
+    def left(self) -> float | None:
+        """Seconds of audio still to play; None before the first chunk."""
+        return None if self._until is None else self._until - _now()
+
+
+def _now() -> float:
+    return time.perf_counter()
 
 
 class FastPathError(RuntimeError):
@@ -495,9 +517,15 @@ class LocalTTS:
                 )
             yield piece
 
-    def _speakable_pieces(self, pieces: Iterable[str], phrasing: Phrasing) -> Iterator[str]:
+    def _speakable_pieces(
+        self,
+        pieces: Iterable[str],
+        phrasing: Phrasing,
+        running_dry: Callable[[], bool] | None = None,
+    ) -> Iterator[str]:
         warned = False
-        for sentence in split_stream(self._bounded(pieces), phrasing=phrasing):
+        text = self._bounded(pieces)
+        for sentence in split_stream(text, phrasing=phrasing, running_dry=running_dry):
             spoken, foreign = self._prepare(sentence)
             if foreign and not warned:
                 self._warn_foreign(sentence)
@@ -514,7 +542,14 @@ class LocalTTS:
         self, pieces: Iterable[str], voice: str | None, cancel: object | None, phrasing: Phrasing
     ) -> Iterator[AudioChunk]:
         rate = self.sample_rate
-        phrases = self._speakable_pieces(pieces, phrasing)
+        playout = Playout()
+
+        def running_dry() -> bool:
+            left = playout.left()
+            return left is not None and left < phrasing.hurry_s
+
+        hurry = phrasing.hurry_s > 0 and not self._backend.streams_text
+        phrases = self._speakable_pieces(pieces, phrasing, running_dry if hurry else None)
         if self._backend.streams_text:
             streamer = cast(WordStreamingBackend, self._backend)
             for samples in streamer.stream_phrases(phrases, voice, cancel):
@@ -528,6 +563,7 @@ class LocalTTS:
                 if previous:
                     audio = np.concatenate([silence(rate, self._join_ms(previous)), audio])
                 previous = piece
+                playout.add(len(audio) / rate)
                 yield AudioChunk(rate, audio, text=piece)
         if not is_cancelled(cancel):
             yield AudioChunk(rate, silence(rate, END_MS), final=True)

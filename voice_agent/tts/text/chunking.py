@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +56,8 @@ PHRASE_START = re.compile(
 )
 FENCE = re.compile(r"```|~~~")
 WHITESPACE = re.compile(r"\s+")
+# The fewest whole words a hurried piece (`TextSplitter.hurry`) may have.
+HURRY_MIN_WORDS = 2
 # A run without spaces (Chinese, Japanese, or a random test model) counts this many
 # characters as a word; generous, as an English word and its space average about 6.
 CHARS_PER_WORD = 8
@@ -88,6 +90,10 @@ class Phrasing:
             LLM writes the second piece while the first plays: after a 3-word first
             phrase ("It looks sunny"), 8 more words came 0.8-1.3 s too late on a
             2-core CPU (the voice bench), 5 are in time.
+        hurry_s: with `first_phrase_words`, when the audio made so far will have
+            played out in less than this many seconds, the text waiting goes to the
+            voice at once (`TextSplitter.hurry`) instead of waiting for its rule's
+            cut: a short piece now is better than silence. 0: off.
     """
 
     mode: Mode = "sentence"
@@ -96,6 +102,7 @@ class Phrasing:
     first_phrase_words: int = 0
     growth: float = 0.0
     later_min_words: int = 5
+    hurry_s: float = 0.0
 
     def run_limit(self, made: int, last_words: int) -> int:
         """The most words piece number `made` (0: the first) may run without a cut (0: no limit),
@@ -353,6 +360,37 @@ class TextSplitter:
         self._buffer += piece
         return self._release(final=False)
 
+    def hurry(self) -> list[str]:
+        """The listener is about to hear silence: the whole words waiting go now.
+
+        Only after the first piece (the first phrase has its own rules), and only
+        `HURRY_MIN_WORDS` or more whole words (the last word may still be arriving:
+        the cut is at a space that has come). The cut is at the last clause mark,
+        else before the last word that opens a phrase, else at the last space.
+        """
+        text = self._buffer
+        if not self._made or FENCE.search(text):  # code is never cut
+            return []
+        spaces = [m.start() for m in WHITESPACE.finditer(text) if text[: m.start()].strip()]
+        if not spaces or not _phrase_ready(text[: spaces[-1]], HURRY_MIN_WORDS):
+            return []
+        end = spaces[-1]
+        cut = end
+        for marks in (CLAUSE, PHRASE_START):
+            found = [
+                m.end()
+                for m in marks.finditer(text, 0, end + 1)
+                if m.end() <= end and _phrase_ready(text[: m.start()], HURRY_MIN_WORDS)
+            ]
+            if found:
+                cut = found[-1]
+                break
+        piece = text[:cut].strip()
+        self._buffer = text[cut:]
+        self._made += 1
+        self._last_words = len(piece.split())
+        return [piece]
+
     def close(self) -> list[str]:
         out = self._release(final=True)
         rest = self._buffer.strip()
@@ -375,15 +413,24 @@ class TextSplitter:
 
 
 def split_stream(
-    pieces: Iterable[str], mode: Mode = "sentence", *, phrasing: Phrasing | None = None
+    pieces: Iterable[str],
+    mode: Mode = "sentence",
+    *,
+    phrasing: Phrasing | None = None,
+    running_dry: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
     """Sentences (or phrases) from an iterator of text pieces, each as soon as it is complete.
 
-    `phrasing` (default: the standard one of `mode`) says where to cut.
+    `phrasing` (default: the standard one of `mode`) says where to cut. `running_dry`,
+    asked after each piece that completed nothing, says the listener is about to hear
+    silence: what waits then goes at once (`TextSplitter.hurry`).
     """
     splitter = TextSplitter(phrasing or mode)
     for piece in pieces:
-        yield from splitter.feed(piece)
+        out = splitter.feed(piece)
+        if not out and running_dry is not None and running_dry():
+            out = splitter.hurry()
+        yield from out
     yield from splitter.close()
 
 
