@@ -209,6 +209,9 @@ def test_hurry_cuts_before_a_phrase_word_else_at_the_last_whole_word():
 
 def test_hurry_leaves_the_first_phrase_and_code_to_their_rules():
     splitter = TextSplitter(LATER)
+    assert _fed(splitter, "\nWell I think") == []
+    assert splitter.hurry() == []  # the cut at the line break sent no words: none gone out
+    splitter = TextSplitter(LATER)
     assert _fed(splitter, "Well I think") == []
     assert splitter.hurry() == []  # the first phrase has its own rules
     assert _fed(splitter, " that, yes") == ["Well I think that,"]

@@ -90,9 +90,8 @@ class Phrasing:
             LLM writes the second piece while the first plays: after a 3-word first
             phrase ("It looks sunny"), 8 more words came 0.8-1.3 s too late on a
             2-core CPU (the voice bench), 5 are in time.
-        hurry_s: with `first_phrase_words`, when the audio made so far will have
-            played out in less than this many seconds, the text waiting goes to the
-            voice at once (`TextSplitter.hurry`) instead of waiting for its rule's
+        hurry_s: when the audio made so far will have played out in less than this
+            many seconds, the whole words waiting go to the voice at once (`TextSplitter.hurry`) instead of waiting for its rule's
             cut: a short piece now is better than silence. 0: off.
     """
 
@@ -369,7 +368,7 @@ class TextSplitter:
         else before the last word that opens a phrase, else at the last space.
         """
         text = self._buffer
-        if not self._made or FENCE.search(text):  # code is never cut
+        if not self._last_words or FENCE.search(text):  # a piece has gone out; code is never cut
             return []
         spaces = [m.start() for m in WHITESPACE.finditer(text) if text[: m.start()].strip()]
         if not spaces or not _phrase_ready(text[: spaces[-1]], HURRY_MIN_WORDS):
