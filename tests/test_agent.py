@@ -384,7 +384,7 @@ def test_self_test_with_a_missing_model_reports_it_and_runs_the_rest():
 def test_speak_stage_asks_sentence_engines_for_an_early_first_phrase():
     """The agent's phrasing reaches the engine; an engine that phrases text itself
     (`capabilities.streaming_text_in`) is left to do so."""
-    from voice_agent.pipeline.speak import PIECE_GROWTH, phrasing_for
+    from voice_agent.pipeline.speak import HURRY_S, PIECE_GROWTH, phrasing_for
     from voice_agent.tts.base import TTSCapabilities
     from voice_agent.tts.text.chunking import Phrasing
 
@@ -392,7 +392,9 @@ def test_speak_stage_asks_sentence_engines_for_an_early_first_phrase():
     agent = Agent(fake_models(tts=tts), first_phrase_words=5, max_unspoken_words=20)
     run(agent, agent.new_session(), text="hi")
     assert tts.phrasings == [
-        Phrasing("sentence", max_words=20, first_phrase_words=5, growth=PIECE_GROWTH)
+        Phrasing(
+            "sentence", max_words=20, first_phrase_words=5, growth=PIECE_GROWTH, hurry_s=HURRY_S
+        )
     ]
     streaming = TTSCapabilities(sample_rate=24_000, streaming_text_in=True)
     assert phrasing_for(streaming, first_phrase_words=5, max_words=20) is None
