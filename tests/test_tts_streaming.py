@@ -163,3 +163,47 @@ def test_the_words_that_have_come_go_when_the_audio_runs_dry(
     # Off without hurry_s.
     phrasing = Phrasing("sentence", max_words=25, first_phrase_words=8, growth=1.5)
     assert said(100.0) == ["It looks sunny", "this afternoon, with a light", "breeze today."]
+
+
+def test_a_quiet_llm_still_gets_the_waiting_words_spoken(monkeypatch, tiny_models: Path) -> None:
+    """The voice bench: one token took 0.55 s to come while the first phrase played out,
+    and "this afternoon," waited for it (a 0.37 s stall). The speak stage's text feed
+    sends "" after each 50 ms without text; the splitter then hurries what waits."""
+    import re
+
+    import voice_agent.tts.engine as engine_module
+    from voice_agent.pipeline.speak import SpeechStop, TextFeed
+    from voice_agent.tts.text.chunking import Phrasing
+
+    tts = engine(monkeypatch, "vits", tiny_models / "vits")
+    clock = [0.0]
+    monkeypatch.setattr(engine_module, "_now", lambda: clock[0])
+    feed = TextFeed()
+    for token in re.findall(r"\s*\S+", "It looks sunny this afternoon, with"):
+        feed.put(token)
+    spoken: list[str] = []
+    before_more: list[str] = []
+
+    token = CancelToken()
+    timer = threading.Timer(10.0, token.cancel)  # a feed that never speaks up fails, not hangs
+    timer.start()
+
+    def text() -> Iterator[str]:
+        for piece in feed.pieces(SpeechStop(token)):
+            if piece == "" and not before_more:
+                clock[0] += 100.0  # the LLM is quiet while the audio plays out
+            yield piece
+            if piece == "" and spoken[-1:] == ["this afternoon,"] and not before_more:
+                before_more.extend(spoken)
+                feed.put(" a light breeze.")
+                feed.close()
+
+    phrasing = Phrasing("sentence", max_words=25, first_phrase_words=8, growth=1.5, hurry_s=0.3)
+    try:
+        for chunk in tts.stream(text(), phrasing=phrasing):
+            if chunk.text:
+                spoken.append(chunk.text)
+    finally:
+        timer.cancel()
+    assert before_more == ["It looks sunny", "this afternoon,"]
+    assert spoken == ["It looks sunny", "this afternoon,", "with a light breeze."]

@@ -110,7 +110,9 @@ class TextFeed:
         self._queue.put(None)
 
     def pieces(self, stop: SpeechStop, stage: str = "tts") -> Iterator[str]:
-        """The pieces as they arrive, until the feed closes or `stop` is set.
+        """The pieces as they arrive, until the feed closes or `stop` is set; "" after each
+        `POLL_S` without text, so the splitter can still send the words that wait when the
+        voice is about to run dry (`Phrasing.hurry_s`) while the LLM is slow to write.
 
         The reader counts as computing (`CPU_CORES`, as `stage`) except while it waits
         here for text, so the LLM has the cores to itself meanwhile.
@@ -121,7 +123,7 @@ class TextFeed:
             try:
                 piece = self._queue.get(timeout=POLL_S)
             except queue.Empty:
-                continue
+                piece = ""
             finally:
                 self.waited_s += time.perf_counter() - w0
                 CPU_CORES.working(stage)
