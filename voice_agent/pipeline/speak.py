@@ -48,11 +48,12 @@ FIRST_PHRASE_WORDS = 8
 PIECE_GROWTH = 1.5
 # When the audio made so far will have played out within this many seconds, the words
 # waiting go to the voice at once: a short phrase takes about 0.1 s to make on 2 cores,
-# and the page starts each chunk about 0.2 s after the engine hands it out. On the voice
-# bench (2-core EPYC) the 0.85 s first phrase was followed by 0.3-0.8 s of silence in
-# every turn without it; 0.5 gave no stall but ran on in 2-word pieces ("There is | a
-# small | chance of"), 0.3 gives longer ones and stalls of 0.12 s at most.
-HURRY_S = 0.3
+# the check runs at least every 50 ms (`TextFeed.pieces`), and the page starts each chunk
+# about 0.2 s after the engine hands it out. On the voice bench (2-core EPYC) the 0.85 s
+# first phrase was followed by 0.3-0.8 s of silence in every turn without it; 0.5 gave
+# no stall but ran on in 2-word pieces ("There is | a small | chance of"); 0.2 gives no
+# stall and pieces of 4 words (median), a sixth of them 2 words or fewer.
+HURRY_S = 0.2
 
 
 class SpeechStop:
