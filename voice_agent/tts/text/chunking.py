@@ -91,8 +91,9 @@ class Phrasing:
             phrase ("It looks sunny"), 8 more words came 0.8-1.3 s too late on a
             2-core CPU (the voice bench), 5 are in time.
         hurry_s: when the audio made so far will have played out in less than this
-            many seconds, the whole words waiting go to the voice at once (`TextSplitter.hurry`) instead of waiting for its rule's
-            cut: a short piece now is better than silence. 0: off.
+            many seconds, the whole words waiting go to the voice at once
+            (`TextSplitter.hurry`) instead of waiting for their rule's cut: a short
+            piece now is better than silence. 0: off.
     """
 
     mode: Mode = "sentence"
@@ -258,16 +259,8 @@ def _run_cut(
             words += 1
         last = space.start()
         if words >= limit and _phrase_ready(segment[: space.start()], min_words):
-            if at_clause:
-                for marks in (CLAUSE, PHRASE_START):
-                    cuts = [
-                        m.end()
-                        for m in marks.finditer(segment, 0, space.start())
-                        if _phrase_ready(segment[: m.start()], min_words)
-                    ]
-                    if cuts:
-                        return start + cuts[-1]
-            return start + space.start()
+            cut = _mark_cut(segment, space.start(), min_words) if at_clause else None
+            return start + (space.start() if cut is None else cut)
     most = limit * CHARS_PER_WORD
     if len(segment) <= most:
         return None
@@ -275,6 +268,21 @@ def _run_cut(
         m.start() for m in WHITESPACE.finditer(segment, 0, most) if segment[: m.start()].strip()
     ]
     return start + (spaces[-1] if spaces else most)
+
+
+def _mark_cut(text: str, stop: int, min_words: int, upto: int | None = None) -> int | None:
+    """Where `text` may be cut before `stop` (regex end position): after its last clause
+    mark, else before its last word that opens a phrase, with `min_words` words before
+    the cut and the cut at most at `upto`; None when there is neither."""
+    for marks in (CLAUSE, PHRASE_START):
+        cuts = [
+            m.end()
+            for m in marks.finditer(text, 0, stop)
+            if (upto is None or m.end() <= upto) and _phrase_ready(text[: m.start()], min_words)
+        ]
+        if cuts:
+            return cuts[-1]
+    return None
 
 
 def _phrase_ready(phrase: str, min_words: int) -> bool:
@@ -374,16 +382,9 @@ class TextSplitter:
         if not spaces or not _phrase_ready(text[: spaces[-1]], HURRY_MIN_WORDS):
             return []
         end = spaces[-1]
-        cut = end
-        for marks in (CLAUSE, PHRASE_START):
-            found = [
-                m.end()
-                for m in marks.finditer(text, 0, end + 1)
-                if m.end() <= end and _phrase_ready(text[: m.start()], HURRY_MIN_WORDS)
-            ]
-            if found:
-                cut = found[-1]
-                break
+        cut = _mark_cut(text, end + 1, HURRY_MIN_WORDS, upto=end)
+        if cut is None:
+            cut = end
         piece = text[:cut].strip()
         self._buffer = text[cut:]
         self._made += 1
@@ -426,7 +427,8 @@ def split_stream(
     """
     splitter = TextSplitter(phrasing or mode)
     for piece in pieces:
-        out = splitter.feed(piece)
+        # "" is a feed's sign of life while no text comes: only the hurry can act on it.
+        out = splitter.feed(piece) if piece else []
         if not out and running_dry is not None and running_dry():
             out = splitter.hurry()
         yield from out
