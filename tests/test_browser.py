@@ -212,9 +212,23 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             headline.scroll_into_view_if_needed()
             page.screenshot(path=ARTIFACTS / "04-self-test.png", full_page=True)
 
-            # Hands-free: the fake microphone talks; a pause ends the turn and a reply comes.
+            # Record (push to talk, the page's own microphone): the fake microphone's speech,
+            # its 1.2 s pause and more speech are one turn, sent by Stop recording.
             page.get_by_role("tab", name="Conversation").click()
+            talk = page.locator("#talk-mic")
+            talk.get_by_role("button", name="Record", exact=True).click()
+            expect(talk).to_contain_text("Recording")
+            page.wait_for_function("window.vaMic.on && window.vaMic.posts >= 32")  # the 7.8 s clip
+            talk.get_by_role("button", name="Stop recording", exact=True).click()
+            expect(talk.get_by_role("button", name="Record", exact=True)).to_be_visible()
+            expect(chat.locator(".via-voice")).to_have_count(1)
+            expect(chat.locator(".turn-latency").last).to_contain_text("first word")
+            expect(page.locator("#turn-status")).to_contain_text("Ready")
+            assert page.evaluate("window.vaMic.mode") == "hold"
+
+            # Hands-free: the fake microphone talks; a pause ends the turn and a reply comes.
             page.locator("#hands-free input[type=checkbox]").check()
+            expect(talk).to_be_hidden()
             hf_mic = page.locator("#hands-free-mic")
             expect(hf_mic).to_be_visible()
             hf_mic.get_by_role("button", name="Start listening").click()
@@ -224,7 +238,7 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             assert asked and asked["echoCancellation"] is True, asked
             # Two utterances (the pause splits them); the second may barge in on the first
             # reply. At least one spoken turn is answered, with its full latency line.
-            expect(chat.locator(".via-voice")).to_have_count(2)
+            expect(chat.locator(".via-voice")).to_have_count(3)
             answered = chat.locator(".turn-latency").filter(has_text="heard in")
             expect(answered.filter(has_text="first word").first).to_be_visible()
             expect(page.locator("#turn-status")).to_contain_text("Ready")

@@ -47,12 +47,16 @@ def post(server: LiveServer, tab: str, samples: np.ndarray, rate: int, **query: 
     return httpx.post(f"{server.url}/voice/mic/{tab}", params=params, content=body, timeout=30)
 
 
-def stream(server: LiveServer, tab: str, samples: np.ndarray, rate: int) -> list[dict[str, Any]]:
-    """Post `samples` in 0.25 s pieces, one after the other, as the page does."""
+def stream(
+    server: LiveServer, tab: str, samples: np.ndarray, rate: int, **query: Any
+) -> list[dict[str, Any]]:
+    """Post `samples` in 0.25 s pieces, one after the other, as the page does (the Record
+    button's first post says `start=1`)."""
     replies = []
     step = rate // 4
     for start in range(0, len(samples), step):
-        r = post(server, tab, samples[start : start + step], rate)
+        first = {"start": 1} if start == 0 and query.get("hold") else {}
+        r = post(server, tab, samples[start : start + step], rate, **query, **first)
         assert r.status_code == 200, r.text
         replies.append(r.json())
     return replies
@@ -128,6 +132,76 @@ def test_stopping_the_microphone_ends_the_turn_it_was_hearing(live, assets_dir) 
     wait_for(lambda: len(ui.session.history) == 2)
 
 
+def test_record_sends_the_turn_at_stop_not_at_a_pause(live, assets_dir) -> None:
+    """Push to talk (`hold=1`): speech, a 1.2 s pause and more speech stay one turn until
+    the microphone stops; the turn takes the panel the page showed on load."""
+    import soundfile as sf
+
+    server, handlers, agent = live
+    ui = handlers.on_load()[0]  # no settings sent: the panel's first values
+    heard: list[float] = []  # seconds of audio the recogniser got, call by call
+    stt = agent.models.stt
+    real = stt.transcribe
+
+    def transcribe(audio: Any, language: str | None = None) -> Any:
+        audio_rate, audio_samples = audio  # a Speech: (16000, samples)
+        heard.append(len(audio_samples) / audio_rate)
+        return real(audio, language)
+
+    stt.transcribe = transcribe
+    samples, rate = sf.read(assets_dir / "speech_pause_speech.wav", dtype="int16")
+    audio = np.concatenate((samples, np.zeros(rate, np.int16)))
+    with Reader(ui.audio) as page:
+        replies = stream(server, ui.tab_id, audio, rate, hold=1)
+        assert all(r["utterance"] is None for r in replies), replies
+        assert not any("pause ends" in r["status"] for r in replies), replies
+        last = post(server, ui.tab_id, np.zeros(0, np.int16), rate, hold=1, end=1).json()
+        assert last["utterance"] == 1, last
+        wait_for(lambda: len(ui.session.history) == 2)  # the server ran the turn
+        wait_for(lambda: "audio" in page.kinds())
+    assert ui.session.history[1]["content"].startswith("Sunny all day.")
+    # Both stretches of speech are the turn's words: the recogniser heard them together.
+    assert max(heard) > len(samples) / rate - 1.0, heard
+
+
+def test_record_answers_ahead_at_the_pause_before_stop(live, assets_dir) -> None:
+    """The words before a pause are heard and answered while the user still holds the
+    floor: Stop finds the turn made, and nothing is transcribed or written twice."""
+    import soundfile as sf
+
+    server, handlers, agent = live
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "hello.wav", dtype="int16")
+    audio = np.concatenate((samples, np.zeros(rate, np.int16)))  # then a second of quiet
+    stream(server, ui.tab_id, audio, rate, hold=1)
+    stt, llm = agent.models.stt, agent.models.llm
+    wait_for(lambda: ui.ahead is not None and len(llm.calls) >= 1)  # before Stop
+    assert ui.utterances == [] and ui.session.history == []  # nothing kept yet
+    heard, written = stt.calls, len(llm.calls)
+    last = post(server, ui.tab_id, np.zeros(0, np.int16), rate, hold=1, end=1).json()
+    assert last["utterance"] == 1, last
+    wait_for(lambda: len(ui.session.history) == 2)
+    assert (stt.calls, len(llm.calls)) == (heard, written), "started again at Stop"
+    assert agent.recent_timings()["turns"][-1]["ahead"] is True
+
+
+def test_pressing_record_over_a_reply_stops_it(live) -> None:
+    server, handlers, _ = live
+    ui = handlers.on_load()[0]
+    with Reader(ui.audio) as page:
+        running = CancelToken()
+        ui.cancel = running  # a reply is being spoken
+        first = post(server, ui.tab_id, np.zeros(4_000, np.int16), 16_000, hold=1, start=1)
+        assert first.json()["interrupted"] is True
+        assert running.cancelled and running.reason == "barge-in"
+        wait_for(lambda: "flush" in page.kinds())
+        # Later posts of the same recording do not cut the next reply.
+        ui.cancel = later = CancelToken()
+        more = post(server, ui.tab_id, np.zeros(4_000, np.int16), 16_000, hold=1)
+        assert more.json()["interrupted"] is False and not later.cancelled
+        ui.cancel = None
+
+
 def test_clear_keeps_the_microphone_and_closing_the_tab_ends_it(live) -> None:
     server, handlers, _ = live
     conversation = handlers.conversation
@@ -152,6 +226,7 @@ def test_clear_keeps_the_microphone_and_closing_the_tab_ends_it(live) -> None:
         ("?rate=16000", b"\0\0\0", 400, "16-bit"),
         ("?rate=16000", b"", 200, "Listening"),
         ("?rate=16000&end=1", b"", 200, "Microphone off"),
+        ("?rate=16000&hold=1&start=1&end=1", b"\0\0" * 8000, 200, "Nothing was heard"),
     ],
 )
 def test_posts_are_checked(live, query: str, body: bytes, status: int, words: str) -> None:
@@ -192,3 +267,4 @@ def test_the_page_carries_the_microphone() -> None:
     assert "window.vaMic" in PAGE_HEAD and "voice/mic/" in PAGE_HEAD
     assert "const CHUNK_S = 0.25;" in PAGE_HEAD  # the post interval reached the page
     assert 'id="hands-free-mic"' in microphone.MIC_HTML
+    assert 'id="talk-mic"' in microphone.TALK_HTML and "&hold=1" in PAGE_HEAD

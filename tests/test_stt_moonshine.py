@@ -8,6 +8,7 @@ token cap: the tests read the cap off `Decoded.tokens`.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,22 @@ def test_transcribe_returns_text_and_timings(stt, hello) -> None:
     assert result.duration_s == pytest.approx(3.4257, abs=0.01)
     assert 0 < result.seconds < 30
     assert stt.transcribe(hello, "auto").language == "en"  # English only: nothing to detect
+
+
+def test_the_model_runs_on_a_thread_that_ends_with_the_decode(stt, hello, monkeypatch) -> None:
+    """The caller's thread (a turn's, a server worker's) outlives the decode; torch's
+    OpenMP pool must not stay with it beside the LLM's (core.threads.in_own_thread)."""
+    ran: list[threading.Thread] = []
+    real = stt.backend.model.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        ran.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stt.backend.model, "generate", generate)
+    assert stt.transcribe(hello).text
+    assert len(ran) == 1 and ran[0] is not threading.current_thread()
+    assert ran[0].name == "stt-decode" and not ran[0].is_alive()
 
 
 def test_silence_gives_no_speech_without_calling_the_model(stt, monkeypatch) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from pathlib import Path
 
+import pytest
 import torch
 
-from voice_agent.core.threads import CoreBudget
+from voice_agent.core.threads import CPU_CORES, CoreBudget, in_own_thread
 
 
 def test_two_working_stages_share_the_cores_and_one_alone_gets_them_all():
@@ -71,3 +75,72 @@ def test_the_llm_gives_way_while_the_voice_makes_a_phrase():
         assert budget.give_way("llm", stop=lambda: True) < 0.2
     with budget.stage("tts-beside"):
         assert budget.give_way("llm") == 0.0
+
+
+def _os_threads() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
+
+
+def _settle(want: set[str], timeout: float = 5.0) -> set[str]:
+    """The process's threads once those not in `want` have ended (or the time is up)."""
+    deadline = time.monotonic() + timeout
+    while _os_threads() - want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _os_threads()
+
+
+def _parallel_work() -> float:
+    """A matmul big enough that torch runs it on its OpenMP threads."""
+    torch.set_num_threads(2)
+    a = torch.randn(512, 512)
+    return float((a @ a).sum())
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="Linux /proc")
+def test_work_in_its_own_thread_leaves_no_openmp_pool_behind():
+    """Bug: the recogniser decoded on the turn's thread, which lived on while the LLM wrote;
+    its idle OpenMP pool beside the LLM's made libgomp's workers sleep at every barrier
+    (the LLM 1.5-2x slower on 2 cores). Work run with `in_own_thread` takes its pool along."""
+    in_own_thread(_parallel_work)  # torch's own first-use threads, which stay, start here
+    before = _settle(_os_threads())
+    in_own_thread(_parallel_work)
+    assert _settle(before) - before == set()
+    # The same work on a thread that lives on keeps its pool's worker: what it replaces.
+    done, release = threading.Event(), threading.Event()
+
+    def lingering() -> None:
+        _parallel_work()
+        done.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=lingering)
+    thread.start()
+    try:
+        assert done.wait(10)
+        assert len(_os_threads() - before) >= 2  # the thread itself and its OpenMP worker
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_in_own_thread_returns_raises_and_fits_the_share():
+    caller = threading.current_thread()
+    seen: dict[str, object] = {}
+
+    def work() -> str:
+        seen["thread"] = threading.current_thread()
+        seen["threads"] = torch.get_num_threads()
+        return "done"
+
+    with CPU_CORES.stage("llm"), CPU_CORES.stage("tts"):
+        assert in_own_thread(work, "probe") == "done"
+    thread = seen["thread"]
+    assert isinstance(thread, threading.Thread) and thread is not caller
+    assert thread.name == "probe" and not thread.is_alive()
+    assert seen["threads"] == max(1, CPU_CORES.cores // 2)  # the share of two working stages
+
+    def fails() -> None:
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        in_own_thread(fails)

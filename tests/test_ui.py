@@ -353,7 +353,11 @@ def test_clear_during_a_reply_keeps_the_chat_cleared():
 
 def hear(handlers, chunk, ui, pause, *panel):
     """One post of the page's microphone (`Handlers.hear`), with the settings the page's
-    panel last sent when given; as (status, utterance, barge-in number), a dict where none."""
+    panel last sent when given; as (status, utterance, barge-in number), a dict where none.
+    Without `panel` the tab holds no settings (`on_load` gives it the panel's first values),
+    so the page's trigger runs the turn (`hands_free_turn`), as on ZeroGPU."""
+    if not panel:
+        ui.controls = None
     handlers.settings(ui, pause, *panel)
     reply = handlers.hear(ui, chunk)
     utterance = reply["utterance"] if reply["utterance"] is not None else {}

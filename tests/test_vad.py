@@ -191,6 +191,44 @@ def test_clicks_shorter_than_the_minimum_speech_are_ignored(model):
     assert feed_all(detector_for(model), audio) == []
 
 
+def test_push_to_talk_ends_the_turn_only_when_flushed(model, clips):
+    """Record (`end_on_pause=False`): a 1.2 s pause is a pause, not the turn's end; the
+    stop (`flush`) ends it with both stretches of speech. Its short pauses still come."""
+    detector = detector_for(model, end_on_pause=False, early_pause_s=0.2)
+    audio = np.concatenate([clips["speech_pause_speech"], clips["silence"]])
+    events = feed_all(detector, audio)
+    kinds = [e.kind for e in events]
+    assert "end_of_turn" not in kinds and kinds[0] == "speech_start" and "pause" in kinds
+    assert detector.in_speech
+    (end,) = detector.flush()
+    assert end.kind == "end_of_turn" and end.audio is not None
+    heard = len(end.audio) / SAMPLE_RATE
+    assert heard > len(clips["speech_pause_speech"]) / SAMPLE_RATE - 1.0  # both stretches
+
+
+def test_push_to_talk_still_drops_clicks_apart(model):
+    """Scattered clicks never add up to a turn, however long the recording."""
+    rng = np.random.default_rng(2)
+    audio = np.zeros(12 * SAMPLE_RATE, dtype=np.float32)
+    for at in (0.5, 3.5, 6.5, 9.5):
+        start = int(at * SAMPLE_RATE)
+        audio[start : start + 2400] = rng.normal(0, 0.5, 2400)  # 0.15 s each
+    detector = detector_for(model, end_on_pause=False)
+    assert feed_all(detector, audio) == []
+    assert detector.flush(short=True) == []  # nothing left over from them either
+
+
+def test_a_word_too_short_for_hands_free_is_a_turn_when_the_recording_stops(model, clips):
+    """A push-to-talk "yes": under `min_speech_s`, dropped by `flush()`, kept by
+    `flush(short=True)` (the Record button's stop)."""
+    word = clips["hello"][int(0.3 * SAMPLE_RATE) : int(0.5 * SAMPLE_RATE)]
+    for short, turns in ((False, 0), (True, 1)):
+        detector = detector_for(model, end_on_pause=False, min_speech_s=0.5)
+        assert feed_all(detector, np.concatenate([np.zeros(1600, np.float32), word])) == []
+        flushed = detector.flush(short=short)
+        assert len(flushed) == turns, (short, flushed)
+
+
 def test_speech_in_steady_noise_is_still_found(model, clips):
     noise = pink_noise(1 + len(clips["hello"]) / SAMPLE_RATE + 2, 0.015, seed=3)
     audio = noise.copy()

@@ -86,6 +86,9 @@ class VADConfig:
     # least `tail_s`, so the audio it carries is what `end_of_turn` would carry; no
     # event when it is not shorter than `pause_s`.
     early_pause_s: float = 0.0
+    # False (push to talk): a pause never ends the turn, only `flush` (the microphone
+    # stopped) or `max_turn_s`; too-short candidates are still dropped after `pause_s`.
+    end_on_pause: bool = True
 
     def __post_init__(self) -> None:
         for name in ("pause_s", "min_speech_s", "max_turn_s", "barge_in_window_s"):
@@ -132,6 +135,7 @@ class TurnDetector:
         config: thresholds; default `pause_s` = `settings.vad_pause_seconds` and
             `early_pause_s` = `settings.vad_early_pause_seconds`.
         pause_s: shortcut to override `config.pause_s`.
+        end_on_pause: shortcut to override `config.end_on_pause`.
         model: the voice-activity model; default the process's (`voice_activity.load_model`).
 
     Feed chunks with `feed(chunk, sample_rate)`; set `assistant_speaking` while the
@@ -144,6 +148,7 @@ class TurnDetector:
         config: VADConfig | None = None,
         *,
         pause_s: float | None = None,
+        end_on_pause: bool | None = None,
         model: VoiceActivityModel | None = None,
     ) -> None:
         if config is None:
@@ -160,6 +165,8 @@ class TurnDetector:
             )
         if pause_s is not None:
             config = VADConfig(**{**config.__dict__, "pause_s": pause_s})
+        if end_on_pause is not None:
+            config = VADConfig(**{**config.__dict__, "end_on_pause": end_on_pause})
         self.config = config
         self.model = model or load_model()
         self.assistant_speaking = False
@@ -216,9 +223,13 @@ class TurnDetector:
         self._pending = samples[usable:].copy()
         return events
 
-    def flush(self) -> list[VADEvent]:
-        """End of the stream: close an open turn (e.g. the microphone was stopped)."""
-        if not self._confirmed:
+    def flush(self, short: bool = False) -> list[VADEvent]:
+        """End of the stream: close an open turn (e.g. the microphone was stopped).
+
+        `short`: speech not yet long enough to count (`min_speech_s`) is a turn too; a
+        push-to-talk "yes" is all the user meant to say.
+        """
+        if not self._confirmed and not (short and self._speech_frames > 0):
             self._clear_candidate()
             return []
         return [self._end_turn()]
@@ -278,7 +289,7 @@ class TurnDetector:
             self._quiet_run += 1
         if not self._confirmed:
             return self._maybe_confirm(speaking)
-        if self._quiet_run >= _frames(cfg.pause_s):
+        if cfg.end_on_pause and self._quiet_run >= _frames(cfg.pause_s):
             return [self._end_turn()]
         if (index - self._start_frame) * FRAME_S >= cfg.max_turn_s:
             log.info("turn reached the %.0f s limit; ending it", cfg.max_turn_s)

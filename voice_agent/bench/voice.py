@@ -8,7 +8,8 @@ default), decoding 16 tokens; a Piper medium-shaped ONNX voice); any model named
 usual variables is used instead. It drives headless Chromium with a fake microphone playing
 `assets/hello.wav` (3.4 s):
 
-- **record**: Record, the clip, Stop; end of speech is the click on Stop.
+- **record**: Record (the page's push-to-talk button), the clip, Stop recording; end of
+  speech is the click on Stop recording.
 - **hands-free**: Record once; a pause ends the turn; end of speech is when the
   clip's speech ends (the microphone's start in the page plus the clip's last
   loud sample).
@@ -174,12 +175,12 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
     """One spoken turn; its in-page stage times relative to the end of speech."""
     page.evaluate("window.__va.reset()")
     if mode == "record":
-        mic = page.locator("#mic")
+        mic = page.locator("#talk-mic")
         mic.get_by_role("button", name="Record", exact=True).click()
         page.wait_for_function("window.__va.micStart !== null", timeout=30_000)
         page.wait_for_timeout(int((clip_s + 0.3) * 1000))
         end = page.evaluate("performance.now()")
-        mic.get_by_role("button", name="Stop", exact=True).click()
+        mic.get_by_role("button", name="Stop recording", exact=True).click()
     else:
         page.locator("#hands-free-mic").get_by_role("button", name="Start listening").click()
         page.wait_for_function("window.__va.micStart !== null", timeout=30_000)
@@ -350,7 +351,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                     page = browser.new_page()
                     page.add_init_script(PROBE_JS)
                     page.goto(base, wait_until="domcontentloaded")
-                    page.locator("#mic").wait_for(timeout=60_000)
+                    page.locator("#talk-mic").wait_for(timeout=60_000)
                     page.wait_for_timeout(2000)  # the first status poll and model banner
                     for mode in modes:
                         try:

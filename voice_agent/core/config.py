@@ -242,12 +242,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "VAD_EARLY_PAUSE_SECONDS",
         "0.2",
-        "Hands-free mode: silence inside a turn after which the words so far are transcribed, so the turn finds them ready when it ends (seconds; 0 = transcribe only when the turn ends).",
+        "Record and hands-free: silence inside a turn after which the words so far are transcribed, so the turn finds them ready when it ends (seconds; 0 = transcribe only when the turn ends).",
     ),
     Variable(
         "VAD_ANSWER_AHEAD",
         "1",
-        "Hands-free mode: start answering at that short pause too; the answer plays only if the user says nothing more before the turn ends (its tool calls wait until then), and is dropped otherwise.",
+        "Record and hands-free: start answering at that short pause too; the answer plays only if the user says nothing more before the turn ends (Stop recording, or the hands-free pause; its tool calls wait until then), and is dropped otherwise.",
     ),
     Variable(
         "VAD_BACKEND",

@@ -12,6 +12,15 @@ keeps its own count), so each stage sets only its own; it also becomes the count
 new thread starts with, which is why every stage sets its own before it computes.
 Torch is imported only when a stage already uses it.
 
+Torch's OpenMP runtime (libgomp) keeps a pool of worker threads for every thread that has
+run a parallel region, for as long as that thread lives. Once the pools hold more threads
+than the machine has cores, every pool's workers stop spinning between regions and sleep
+at each barrier: on 2 cores a recogniser decode took 0.68 s instead of 0.38 s while one
+other thread merely kept its idle pool, and the LLM wrote a token every 150-190 ms in a
+browser turn (the recogniser's thread, still alive, kept its pool) against 90-110 ms alone.
+So work that runs torch on a thread that outlives it goes through `in_own_thread`: a fresh
+thread that exits, and takes its pool with it, when the work is done.
+
 Splitting is still too slow for the reply's first phrase: two stages on two cores,
 each with its own thread pool, are slower together than one after the other (the
 voice took 0.5 s for a phrase it makes in 0.1 s alone). The LLM writes several times
@@ -28,6 +37,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # The stages the others give way to: the voice that speaks a phrase at a time.
 VOICE_FIRST = frozenset({"tts"})
@@ -107,3 +119,30 @@ class CoreBudget:
 
 
 CPU_CORES = CoreBudget()
+
+
+def in_own_thread(work: Callable[[], T], name: str = "compute") -> T:
+    """`work()` on a new thread, waited for: its OpenMP pool ends with it (module docstring).
+
+    The thread takes its torch threads from `CPU_CORES` first; whatever `work` raises is
+    raised here.
+    """
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            CPU_CORES.fit()
+            box["value"] = work()
+        except BaseException as exc:  # handed to the caller, who raises it
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        thread.join()
+    except BaseException:  # Ctrl-C in the caller: the work still holds what it uses
+        thread.join()
+        raise
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]

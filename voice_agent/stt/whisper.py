@@ -54,7 +54,7 @@ from voice_agent.core.config import (
 from voice_agent.core.errors import BusyError, InputError
 from voice_agent.core.hub import ModelNotFoundError, ensure_model_exists
 from voice_agent.core.loading import LoadReport, Strategy, estimate_bytes, run_chain
-from voice_agent.core.threads import CPU_CORES
+from voice_agent.core.threads import CPU_CORES, in_own_thread
 from voice_agent.stt import moonshine, whisper_ct2
 from voice_agent.stt.backend import (
     CHUNK_SECONDS,
@@ -609,12 +609,21 @@ class WhisperSTT:
         code = self._language_for(language)
         if words:
             self._check_word_timings()
-        with self._locked():
-            if code is None and self.backend.multilingual:
-                code = self.backend.detect_language(samples)
-            decoded = self.backend.decode(
-                samples, language=code, words=words, generate_kwargs=generate_kwargs
+        backend = self.backend
+
+        def run() -> tuple[Decoded, str | None]:
+            found = code
+            if found is None and backend.multilingual:
+                found = backend.detect_language(samples)
+            decoded = backend.decode(
+                samples, language=found, words=words, generate_kwargs=generate_kwargs
             )
+            return decoded, found
+
+        with self._locked():
+            # On a thread of its own: the caller's thread (a turn's, a server worker's)
+            # outlives the decode and would keep its OpenMP pool (core.threads).
+            decoded, code = in_own_thread(run, "stt-decode")
         decoded.language = decoded.language or self._reported_language(code)
         return decoded
 

@@ -24,7 +24,7 @@ from voice_agent.ui import diagnostics as diag
 from voice_agent.ui.api import PublicApi, wire
 from voice_agent.ui.conversation import Conversation
 from voice_agent.ui.handlers import Handlers
-from voice_agent.ui.microphone import MIC_HEAD, MIC_HTML
+from voice_agent.ui.microphone import MIC_HEAD, MIC_HTML, TALK_HTML
 from voice_agent.ui.playback import PLAYER_HEAD
 from voice_agent.ui.style import MIC_SVG
 
@@ -45,7 +45,8 @@ CONNECT_PLAYER_JS = (
     "(id) => { window.vaTab = id; if (window.vaPlayer) window.vaPlayer.connect(id); }"
 )
 TAB_ID_JS = "(id) => { window.vaTab = id; }"  # without the page player (whole replies)
-STOP_MIC_JS = "(on) => { if (!on && window.vaMic) window.vaMic.stop(); }"
+# Hands-free switched either way: the microphone's recording (Record's or hands-free's) ends.
+STOP_MIC_JS = "(on) => { if (window.vaMic) window.vaMic.stop(); }"
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}  # page events: not an API
 CLIENT: dict[str, Any] = {"api_visibility": "undocumented"}  # for gradio_client, not listed
 
@@ -70,7 +71,7 @@ ECHO_SAFE_MIC_HEAD = """<script>
   md.vaEchoSafe = true;
 })();
 </script>"""
-# The page's <head>: the echo-safe microphone, the reply's player, the hands-free microphone.
+# The page's <head>: the echo-safe microphone, the reply's player, the page's microphone.
 PAGE_HEAD = ECHO_SAFE_MIC_HEAD + PLAYER_HEAD + MIC_HEAD
 
 
@@ -209,7 +210,7 @@ def build_ui(
         c["hands_free"].change(
             handlers.toggle_hands_free,
             [c["hands_free"], state, *panel],
-            [c["hf_mic"], c["mic"]],
+            [c["hf_mic"], c["talk_mic"], c["mic"]],
             show_progress="hidden",
             **PRIVATE,
         )
@@ -303,10 +304,13 @@ def _conversation_tab(
                 c["stop"] = gr.Button("Stop", variant="stop", scale=1, min_width=80)
             c["status"] = gr.Markdown("", elem_id="turn-status")
         with gr.Column(scale=2, min_width=320, elem_id="voice-panel"):
+            # Record: the page's own microphone (ui.microphone), heard by the server while
+            # the user talks; Gradio's recorder would upload it all only at Stop.
+            c["talk_mic"] = gr.HTML(TALK_HTML, padding=False)
             c["mic"] = gr.Audio(
-                sources=["microphone", "upload"],
+                sources=["upload"],
                 type="filepath",
-                label="Speak (record, then stop) or upload audio",
+                label="Or upload a recording",
                 buttons=[],
                 elem_id="mic",
             )

@@ -44,6 +44,8 @@ PLAYBACK_TAIL_S = 1.5
 # the chat, work the server and the browser would take from the LLM and the voice on a
 # CPU they share, for words nobody reads faster than this.
 TEXT_UPDATE_S = 0.25
+LISTENING = "Listening — just talk; a pause ends your turn."
+RECORDING = "Recording — press Stop recording when you are done."
 # Marks a spoken message in the chat (a styled tag, not an emoji: not every system has
 # an emoji font).
 VOICE_TAG = '<span class="via-voice">voice</span>'
@@ -83,6 +85,7 @@ class UISession:
         self.turn_lock = threading.Lock()
         self.detector: Any | None = None  # vad.TurnDetector while hands-free is on
         self.detector_pause: float | None = None
+        self.detector_hold = False  # the detector is Record's (push to talk)
         self.utterances: list[np.ndarray] = []
         self.speech_ended_at: float | None = None  # perf_counter time the last utterance ended
         # Words heard ahead (`Agent.hear_early`): of the utterance being spoken, at the
@@ -598,6 +601,7 @@ class Conversation:
         # The page keeps its audio stream and its microphone (the same tab id).
         fresh = UISession(self._agent_session(), ui.audio, ui.tab_id)
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
+        fresh.detector_hold = ui.detector_hold
         fresh.controls, fresh.pause = ui.controls, ui.pause
         with self._tabs_lock:
             if self._tabs.get(ui.tab_id) is ui:
@@ -672,8 +676,16 @@ class Conversation:
         ui: UISession,
         chunk: Any,
         pause_s: float | None,
+        *,
+        hold: bool = False,
+        start: bool = False,
     ) -> tuple[bool, bool]:
         """Feed one microphone chunk to turn detection.
+
+        `hold` (the Record button, push to talk): a pause never ends the turn (the
+        microphone's end does), but the words before it are still heard and answered
+        ahead as in hands-free talk. `start`: the first chunk of a recording; the user
+        took the floor, so a reply still running is cut (a barge-in).
 
         Turns it starts take the settings panel's values (`ui.controls`). Returns (a turn
         ended: an utterance is queued, the user barged in: the running turn was cancelled).
@@ -682,27 +694,26 @@ class Conversation:
             return False, False
         sample_rate, samples = chunk
         pause = float(pause_s or self.pause_default)
-        if ui.detector is None or ui.detector_pause != pause:
+        if ui.detector is None or ui.detector_pause != pause or ui.detector_hold != hold:
             from voice_agent.audio.vad import TurnDetector
 
-            ui.detector, ui.detector_pause = TurnDetector(pause_s=pause), pause
+            # Record: no pause ends the turn (Stop does, or the detector's `max_turn_s`).
+            ui.detector = TurnDetector(pause_s=pause, end_on_pause=not hold)
+            ui.detector_pause, ui.detector_hold = pause, hold
         detector = ui.detector
+        interrupted = False
+        if start and hold:
+            detector.reset()  # nothing of an earlier recording (its pre-roll) joins this one
+            if ui.busy or time.monotonic() < ui.speaking_until:
+                self._barge_in(ui)
+                interrupted = True
         detector.assistant_speaking = ui.busy or time.monotonic() < ui.speaking_until
-        ended = interrupted = False
+        ended = False
         for event in detector.feed(np.asarray(samples), int(sample_rate)):
             if event.kind == "speech_start":
                 ui.hands_free_status = "Hearing you…"
             elif event.kind == "barge_in":
-                ui.speaking_until = 0.0
-                if ui.audio is not None:
-                    ui.audio.flush()
-                if ui.cancel is not None:
-                    ui.cancel.cancel("barge-in")
-                    try:
-                        self.agent.cancel(ui.session)
-                    except Exception:
-                        log.debug("agent.cancel failed", exc_info=True)
-                ui.interrupt_seq += 1
+                self._barge_in(ui)
                 interrupted = True
             elif event.kind == "pause" and event.audio is not None and event.audio.size:
                 self._hear_early(ui, event.audio)
@@ -716,8 +727,21 @@ class Conversation:
                 self.queue_utterance(ui, event)
                 ended = True
         if not ended and not detector.in_speech and not ui.busy:
-            ui.hands_free_status = "Listening — just talk; a pause ends your turn."
+            ui.hands_free_status = RECORDING if hold else LISTENING
         return ended, interrupted
+
+    def _barge_in(self, ui: UISession) -> None:
+        """The user speaks over the reply: silence it and stop making it."""
+        ui.speaking_until = 0.0
+        if ui.audio is not None:
+            ui.audio.flush()
+        if ui.cancel is not None:
+            ui.cancel.cancel("barge-in")
+            try:
+                self.agent.cancel(ui.session)
+            except Exception:
+                log.debug("agent.cancel failed", exc_info=True)
+        ui.interrupt_seq += 1
 
     def queue_utterance(self, ui: UISession, event: Any) -> None:
         """An `end_of_turn`: its speech waits for the turn (`take_utterance`), with the

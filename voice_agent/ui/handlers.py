@@ -15,11 +15,18 @@ import gradio as gr
 
 from voice_agent.core.spaces import gpu
 from voice_agent.ui import diagnostics as diag
-from voice_agent.ui.conversation import Conversation, TurnControls, UISession
+from voice_agent.ui.conversation import (
+    LISTENING,
+    RECORDING,
+    Conversation,
+    TurnControls,
+    UISession,
+)
 from voice_agent.ui.uploads import NotUploadedError, uploaded_path
 
 log = logging.getLogger(__name__)
 
+NOTHING_HEARD = "Nothing was heard; press Record and speak."
 COMPONENT_NAMES = {"llm": "Language model", "stt": "Speech recognition", "tts": "Voice"}
 DEGRADED_HINTS = {
     "llm": "No replies can be written.",
@@ -114,11 +121,17 @@ class Handlers:
         session = ui.session
         generation = getattr(session, "generation", None)
         html, degraded, loading = self._status()
-        return (
-            ui,
+        panel = (
             getattr(session, "system_prompt", None) or "",
             getattr(generation, "temperature", 0.7),
             getattr(generation, "max_new_tokens", 256),
+        )
+        # What the panel shows now: the values a turn the Record button starts on the server
+        # takes until the user changes one (`settings`).
+        ui.controls = self._controls(*panel, "")
+        return (
+            ui,
+            *panel,
             self._voice_update(),
             gr.HTML(value=html, visible=bool(html)),
             gr.Button(visible=degraded),
@@ -213,7 +226,7 @@ class Handlers:
             for chat, reply, status in run:
                 yield chat, _player(ui, reply), status
         if ui.detector is not None:
-            ui.hands_free_status = "Listening — just talk; a pause ends your turn."
+            ui.hands_free_status = RECORDING if ui.detector_hold else LISTENING
 
     def stop(self, ui: UISession | None) -> str:
         message = self.conversation.stop(ui)
@@ -276,18 +289,31 @@ class Handlers:
                 self.settings(ui, pause, *controls)
             else:
                 self.conversation.stop_listening(ui)
-        return gr.HTML(visible=bool(on)), gr.Audio(visible=not on)
+        # Hands-free shows its own widget; off, the Record button and the upload box.
+        return gr.HTML(visible=bool(on)), gr.HTML(visible=not on), gr.Audio(visible=not on)
 
-    def hear(self, ui: UISession, chunk: Any, *, end: bool = False) -> dict[str, Any]:
+    def hear(
+        self,
+        ui: UISession,
+        chunk: Any,
+        *,
+        end: bool = False,
+        hold: bool = False,
+        start: bool = False,
+    ) -> dict[str, Any]:
         """One post of the page's microphone (`ui.microphone`): `(rate, samples)`, and `end`
-        when the microphone stopped after it. What the page shows and does next: the status
-        line, the number of an utterance that ended (its turn is running), a barge-in."""
+        when the microphone stopped after it. `hold`: the Record widget's (push to talk: only
+        `end` ends the turn); `start`: the first post of a recording (the user took the floor).
+        What the page shows and does next: the status line, the number of an utterance that
+        ended (its turn is running), a barge-in."""
         problem = None
         with ui.mic_lock:  # a tab's posts come one at a time; this keeps them in order
             try:
-                ended, interrupted = self.conversation.hear_chunk(ui, chunk, ui.pause)
+                ended, interrupted = self.conversation.hear_chunk(
+                    ui, chunk, ui.pause, hold=hold, start=start
+                )
             except Exception as exc:  # a bad chunk must not end the stream
-                log.warning("hands-free chunk dropped: %s", exc)
+                log.warning("microphone chunk dropped: %s", exc)
                 ended = interrupted = False
                 problem = f"Could not read the microphone chunk ({type(exc).__name__})."
             if end:
@@ -302,11 +328,13 @@ class Handlers:
         """The microphone stopped: speech still open ends its turn. Whether one did."""
         ended = False
         if ui.detector is not None:
-            for event in ui.detector.flush():
+            # Record: whatever speech there was is the turn, however short ("yes").
+            for event in ui.detector.flush(short=ui.detector_hold):
                 if event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
                     self.conversation.queue_utterance(ui, event)
                     ended = True
-        ui.hands_free_status = "Microphone off."
+        nothing = ui.detector_hold and not ended
+        ui.hands_free_status = NOTHING_HEARD if nothing else "Microphone off."
         return ended
 
     # --- diagnostics ----------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""The hands-free microphone: the page's own capture, posted to the server as raw PCM.
+"""The page's own microphone: its capture, posted to the server as raw PCM.
 
-Gradio's streaming `gr.Audio` records with a `MediaRecorder`, draws a live waveform
-for as long as it listens, and sends every 0.25 s chunk as an uploaded file through
-its queue (two requests, a WAV encode and decode, queue events back). On a 2-core
-machine that work took the cores from the turn it was listening to: the models ran
-2-5 times slower in hands-free mode than after a recording (docs/agent.md).
+Gradio's `gr.Audio` records with a `MediaRecorder`, draws a live waveform for as
+long as it listens, and hands the server nothing until the recording ends (one
+WAV, encoded in the page and uploaded at Stop); streaming, it sends every 0.25 s
+chunk as an uploaded file through its queue. On a 2-core machine that work took
+the cores from the turn it was listening to (docs/agent.md).
 
 Here the page (`MIC_HEAD`) taps the microphone with an `AudioWorklet`, and every
 0.25 s posts what it heard as 16-bit PCM to `POST /voice/mic/{tab}?rate=R`, one
@@ -14,6 +14,15 @@ the status line to show, the number of an utterance that just ended (the page th
 clicks the hidden trigger that shows the turn, which the server has already started)
 and whether the user barged in (the page silences its player at once).
 `?end=1` says the microphone stopped: speech still open ends the turn.
+
+Two widgets share that microphone:
+
+- **Record** (`#talk-mic`, push to talk; `?hold=1`): a pause does not end the turn,
+  Stop does. The server hears the words while the user talks, so at a breath it
+  already transcribes and answers (`VAD_EARLY_PAUSE_SECONDS`, `VAD_ANSWER_AHEAD`),
+  and Stop finds the turn under way instead of starting an upload. The first post of
+  a recording says `&start=1`: the user took the floor, a reply still playing stops.
+- **Hands-free** (`#hands-free-mic`): a pause ends the turn (`VAD_PAUSE_SECONDS`).
 
 The tab id is the secret the page got on load (the same as its audio channel's);
 the route sits behind the app's one credentials rule like every other door.
@@ -80,7 +89,7 @@ async def read_capped(request: Request, limit: int = MAX_BYTES) -> bytes:
 
 
 def add_route(app: Any, handlers: Any) -> None:
-    """Serve `POST /voice/mic/{tab}` (the hands-free microphone) on the FastAPI `app`."""
+    """Serve `POST /voice/mic/{tab}` (the page's microphone) on the FastAPI `app`."""
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
@@ -97,16 +106,17 @@ def add_route(app: Any, handlers: Any) -> None:
         except ChunkError as exc:
             kind = "payload_too_large" if exc.status == 413 else "invalid_request"
             return JSONResponse(error_json(str(exc), kind, exc.status), status_code=exc.status)
-        end = request.query_params.get("end") in ("1", "true")
+        flags = {k: request.query_params.get(k) in ("1", "true") for k in ("end", "hold", "start")}
         # The detector and the turns it starts are plain threads' work: off the event loop.
-        reply = await run_in_threadpool(handlers.hear, ui, (rate, samples), end=end)
+        reply = await run_in_threadpool(handlers.hear, ui, (rate, samples), **flags)
         return JSONResponse(reply, headers={"Cache-Control": "no-store"})
 
     app.add_api_route(ROUTE, mic, methods=["POST"], include_in_schema=False)
 
 
-# The page's microphone. `window.vaMic.start()` / `.stop()`; the widget's button calls
-# them, and `#hands-free-mic` shows its state. The tab id is the one the page player got
+# The page's microphone. `window.vaMic.start(mode)` / `.stop()`; each widget's button calls
+# them in its mode ("hold": `#talk-mic`, "listen": `#hands-free-mic`), which shows its
+# state. The tab id is the one the page player got
 # (`window.vaTab`, set on load). Each post waits for the one before: the detector hears
 # the audio in order, and a slow server gets fewer, longer posts instead of a queue.
 MIC_HEAD = """<script>
@@ -131,8 +141,12 @@ MIC_HEAD = """<script>
   }
   registerProcessor('va-tap', VaTap);`;
   const m = {on: false, starting: false, stream: null, ctx: null, rate: 0, parts: [], n: 0,
-             busy: false, ending: false, posts: 0};
-  const root = () => document.querySelector('#hands-free-mic');
+             busy: false, ending: [], posts: 0, mode: 'listen', first: false};
+  const WIDGET = {listen: '#hands-free-mic', hold: '#talk-mic'};
+  const LABEL = {listen: ['Start listening', 'Stop listening'], hold: ['Record', 'Stop recording']};
+  const HEARING = {listen: 'Listening — just talk; a pause ends your turn.',
+                   hold: 'Recording — press Stop recording when you are done.'};
+  const root = () => document.querySelector(WIDGET[m.mode]);
   const show = (text, on) => {
     const el = root();
     if (!el) return;
@@ -141,7 +155,7 @@ MIC_HEAD = """<script>
     if (typeof on === 'boolean') {
       el.dataset.state = on ? 'on' : 'off';
       const button = el.querySelector('button');
-      if (button) button.textContent = on ? 'Stop listening' : 'Start listening';
+      if (button) button.textContent = LABEL[m.mode][on ? 1 : 0];
     }
   };
   const take = () => {
@@ -168,17 +182,23 @@ MIC_HEAD = """<script>
     }
     if (m.on || reply.utterance) show(reply.status);
   };
-  const post = async (end) => {
-    if (m.busy) { if (end) m.ending = true; return; }
-    if (!m.n && !end) return;
+  // What one post sends: taken when it is made, so an end post that waits for the one in
+  // flight still carries its own recording's audio and mode, whatever starts meanwhile.
+  const job = (end) => {
+    const j = {body: take(), rate: m.rate, mode: m.mode, first: m.first, end};
+    m.first = false;
+    return j;
+  };
+  const post = async (end, queued) => {
+    if (m.busy) { if (end) m.ending.push(job(true)); return; }
+    if (!queued && !m.n && !end) return;
     m.busy = true;
-    const rate = m.rate;
-    const body = take();
+    const j = queued || job(end);
     const base = window.location.pathname.replace(/[^/]*$/, '');
-    const url = base + 'voice/mic/' + encodeURIComponent(window.vaTab || '') + '?rate=' + rate +
-      (end ? '&end=1' : '');
+    const url = base + 'voice/mic/' + encodeURIComponent(window.vaTab || '') + '?rate=' + j.rate +
+      (j.end ? '&end=1' : '') + (j.mode === 'hold' ? '&hold=1' : '') + (j.first ? '&start=1' : '');
     try {
-      const r = await fetch(url, {method: 'POST', body,
+      const r = await fetch(url, {method: 'POST', body: j.body,
                                   headers: {'Content-Type': 'application/octet-stream'}});
       const reply = await r.json().catch(() => ({}));
       m.posts += 1;
@@ -193,11 +213,12 @@ MIC_HEAD = """<script>
     } finally {
       m.busy = false;
     }
-    if (m.ending) { m.ending = false; post(true); }
+    if (m.ending.length) post(true, m.ending.shift());
     else if (m.on && m.n >= m.rate * CHUNK_S) post(false);
   };
-  const start = async () => {
+  const start = async (mode) => {
     if (m.on || m.starting) return;
+    if (mode in WIDGET) m.mode = mode;
     if (!window.vaTab) { show('The page is still loading; try again in a moment.'); return; }
     const AC = window.AudioContext || window.webkitAudioContext;
     if (!AC || !navigator.mediaDevices || !window.AudioWorkletNode) {
@@ -218,13 +239,20 @@ MIC_HEAD = """<script>
       ctx.createMediaStreamSource(stream).connect(tap);
       tap.connect(mute).connect(ctx.destination);
       if (ctx.state === 'suspended') await ctx.resume();
-      Object.assign(m, {stream, ctx, rate: ctx.sampleRate, parts: [], n: 0, on: true});
+      Object.assign(m, {stream, ctx, rate: ctx.sampleRate, parts: [], n: 0, on: true,
+                        first: m.mode === 'hold'});
+      // Pressing Record takes the floor: a reply still playing stops now (the server
+      // stops making it at the first post).
+      if (m.mode === 'hold') {
+        if (window.vaPlayer) window.vaPlayer.flush();
+        document.querySelectorAll('#reply-audio audio').forEach((a) => a.pause());
+      }
       tap.port.onmessage = (e) => {
         if (!m.on) return;
         m.parts.push(e.data); m.n += e.data.length;
         if (m.n >= m.rate * CHUNK_S) post(false);
       };
-      show('Listening — just talk; a pause ends your turn.', true);
+      show(HEARING[m.mode], true);
     } catch (e) {
       show('Could not open the microphone: ' + ((e && e.message) || e), false);
     } finally {
@@ -241,14 +269,25 @@ MIC_HEAD = """<script>
     if (send) post(true); else { m.parts = []; m.n = 0; }
   };
   document.addEventListener('click', (e) => {
-    const button = e.target && e.target.closest && e.target.closest('#hands-free-mic button');
-    if (button) { if (m.on) stop(); else start(); }
+    if (!e.target || !e.target.closest) return;
+    for (const mode of Object.keys(WIDGET)) {
+      if (!e.target.closest(WIDGET[mode] + ' button')) continue;
+      if (m.on && m.mode === mode) stop();
+      else { stop(); start(mode); }  // the other widget's recording ends first
+    }
   });
-  window.vaMic = {start, stop, get on() { return m.on; }, get posts() { return m.posts; }};
+  window.vaMic = {start, stop, get on() { return m.on; }, get posts() { return m.posts; },
+                  get mode() { return m.mode; }};
 })();
 </script>""".replace("CHUNK_SECONDS", str(CHUNK_S))
 
-# The widget: a button and the detector's status line (updated by `MIC_HEAD`).
+# The widgets: a button and the detector's status line (updated by `MIC_HEAD`).
+TALK_HTML = (
+    '<div id="talk-mic" class="va-mic" data-state="off">'
+    '<button type="button" class="va-mic-button">Record</button>'
+    '<span class="va-mic-status" id="talk-status" role="status" aria-live="polite">'
+    "Press <b>Record</b>, speak, then <b>Stop recording</b>.</span></div>"
+)
 MIC_HTML = (
     '<div id="hands-free-mic" class="va-mic" data-state="off">'
     '<button type="button" class="va-mic-button">Start listening</button>'
