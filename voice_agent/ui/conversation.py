@@ -29,6 +29,7 @@ from voice_agent.core.cancel import CancelToken
 from voice_agent.core.errors import InputError, ModelUnavailableError, VoiceAgentError
 from voice_agent.core.spaces import on_zero_gpu
 from voice_agent.ui.chat_text import safe_markdown, tool_message
+from voice_agent.ui.microphone import LISTENING, RECORDING
 from voice_agent.ui.playback import AudioChannel, AudioChannels, default_channels, pcm16
 from voice_agent.ui.waiting import Queued, watch_queue
 
@@ -44,8 +45,6 @@ PLAYBACK_TAIL_S = 1.5
 # the chat, work the server and the browser would take from the LLM and the voice on a
 # CPU they share, for words nobody reads faster than this.
 TEXT_UPDATE_S = 0.25
-LISTENING = "Listening — just talk; a pause ends your turn."
-RECORDING = "Recording — press Stop recording when you are done."
 # Marks a spoken message in the chat (a styled tag, not an emoji: not every system has
 # an emoji font).
 VOICE_TAG = '<span class="via-voice">voice</span>'
@@ -85,7 +84,6 @@ class UISession:
         self.turn_lock = threading.Lock()
         self.detector: Any | None = None  # vad.TurnDetector while hands-free is on
         self.detector_pause: float | None = None
-        self.detector_hold = False  # the detector is Record's (push to talk)
         self.utterances: list[np.ndarray] = []
         self.speech_ended_at: float | None = None  # perf_counter time the last utterance ended
         # Words heard ahead (`Agent.hear_early`): of the utterance being spoken, at the
@@ -110,6 +108,11 @@ class UISession:
         self.interrupt_seq = 0
         self.speaking_until = 0.0  # monotonic time the assistant's audio is expected to end
         self.hands_free_status = ""
+
+    @property
+    def recording(self) -> bool:
+        """The detector is Record's (push to talk: no pause ends its turn)."""
+        return self.detector is not None and not self.detector.config.end_on_pause
 
     @property
     def busy(self) -> bool:
@@ -601,7 +604,6 @@ class Conversation:
         # The page keeps its audio stream and its microphone (the same tab id).
         fresh = UISession(self._agent_session(), ui.audio, ui.tab_id)
         fresh.detector, fresh.detector_pause = ui.detector, ui.detector_pause
-        fresh.detector_hold = ui.detector_hold
         fresh.controls, fresh.pause = ui.controls, ui.pause
         with self._tabs_lock:
             if self._tabs.get(ui.tab_id) is ui:
@@ -694,12 +696,12 @@ class Conversation:
             return False, False
         sample_rate, samples = chunk
         pause = float(pause_s or self.pause_default)
-        if ui.detector is None or ui.detector_pause != pause or ui.detector_hold != hold:
+        if ui.detector is None or ui.detector_pause != pause or ui.recording != hold:
             from voice_agent.audio.vad import TurnDetector
 
             # Record: no pause ends the turn (Stop does, or the detector's `max_turn_s`).
             ui.detector = TurnDetector(pause_s=pause, end_on_pause=not hold)
-            ui.detector_pause, ui.detector_hold = pause, hold
+            ui.detector_pause = pause
         detector = ui.detector
         interrupted = False
         if start and hold:

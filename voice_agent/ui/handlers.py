@@ -15,13 +15,8 @@ import gradio as gr
 
 from voice_agent.core.spaces import gpu
 from voice_agent.ui import diagnostics as diag
-from voice_agent.ui.conversation import (
-    LISTENING,
-    RECORDING,
-    Conversation,
-    TurnControls,
-    UISession,
-)
+from voice_agent.ui.conversation import Conversation, TurnControls, UISession
+from voice_agent.ui.microphone import LISTENING, RECORDING
 from voice_agent.ui.uploads import NotUploadedError, uploaded_path
 
 log = logging.getLogger(__name__)
@@ -226,7 +221,7 @@ class Handlers:
             for chat, reply, status in run:
                 yield chat, _player(ui, reply), status
         if ui.detector is not None:
-            ui.hands_free_status = RECORDING if ui.detector_hold else LISTENING
+            ui.hands_free_status = RECORDING if ui.recording else LISTENING
 
     def stop(self, ui: UISession | None) -> str:
         message = self.conversation.stop(ui)
@@ -329,11 +324,11 @@ class Handlers:
         ended = False
         if ui.detector is not None:
             # Record: whatever speech there was is the turn, however short ("yes").
-            for event in ui.detector.flush(short=ui.detector_hold):
+            for event in ui.detector.flush(short=ui.recording):
                 if event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
                     self.conversation.queue_utterance(ui, event)
                     ended = True
-        nothing = ui.detector_hold and not ended
+        nothing = ui.recording and not ended
         ui.hands_free_status = NOTHING_HEARD if nothing else "Microphone off."
         return ended
 

@@ -30,6 +30,7 @@ the route sits behind the app's one credentials rule like every other door.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -47,6 +48,9 @@ MIN_RATE, MAX_RATE = 8_000, 192_000
 # seconds of audio in one request is not a microphone.
 MAX_POST_S = 4.0
 MAX_BYTES = int(MAX_RATE * MAX_POST_S) * 2
+# The status line of each widget while it hears nothing yet (the page's and the server's).
+LISTENING = "Listening — just talk; a pause ends your turn."
+RECORDING = "Recording — press Stop recording when you are done."
 
 
 class ChunkError(ValueError):
@@ -144,8 +148,7 @@ MIC_HEAD = """<script>
              busy: false, ending: [], posts: 0, mode: 'listen', first: false};
   const WIDGET = {listen: '#hands-free-mic', hold: '#talk-mic'};
   const LABEL = {listen: ['Start listening', 'Stop listening'], hold: ['Record', 'Stop recording']};
-  const HEARING = {listen: 'Listening — just talk; a pause ends your turn.',
-                   hold: 'Recording — press Stop recording when you are done.'};
+  const HEARING = {listen: LISTENING_TEXT, hold: RECORDING_TEXT};
   const root = () => document.querySelector(WIDGET[m.mode]);
   const show = (text, on) => {
     const el = root();
@@ -280,6 +283,9 @@ MIC_HEAD = """<script>
                   get mode() { return m.mode; }};
 })();
 </script>""".replace("CHUNK_SECONDS", str(CHUNK_S))
+MIC_HEAD = MIC_HEAD.replace("LISTENING_TEXT", json.dumps(LISTENING)).replace(
+    "RECORDING_TEXT", json.dumps(RECORDING)
+)
 
 # The widgets: a button and the detector's status line (updated by `MIC_HEAD`).
 TALK_HTML = (
