@@ -8,6 +8,8 @@ the real `OpenSourceLLM`, its chat template and its tool-call parser.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from tests.fakes import FakeTTS, fake_models
@@ -107,25 +109,72 @@ def test_priming_prefills_the_shared_start_so_a_first_turn_computes_only_its_own
     assert engine.last_prefill is not None and engine.last_prefill.prompt_tokens > 1000
 
 
+def test_reading_ahead_prefills_the_words_before_a_pause_so_the_turn_computes_the_rest(
+    engine: OpenSourceLLM,
+) -> None:
+    """`Agent.read_ahead`: the user paused and went on; the words before the pause are
+    prefilled while they talk, and the turn's prompt reuses them from the KV cache."""
+    agent = Agent(fake_models(llm=engine, tts=FakeTTS()), tools=Toolbox(builtin_tools()))
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=2)
+    assert agent.prime(wait_s=5)
+    question = "What will the weather be like this afternoon?"
+    list(agent.run_turn(agent.new_session(generation=settings), text=question))
+    plain = engine.last_prefill  # after the shared start: all its words, and the template
+    assert plain is not None
+
+    agent.prime(wait_s=5)
+    session = agent.new_session(generation=settings)
+    assert agent.read_ahead(session, "What will the weather be")
+    events = list(agent.run_turn(session, text=question))
+    assert events[-1].kind == "done"
+    turn = engine.last_prefill
+    assert turn is not None and turn.prompt_tokens == plain.prompt_tokens
+    assert turn.computed_tokens < plain.computed_tokens - 3, (turn, plain)
+
+    # Never a wait for anyone: with the LLM taken, it does nothing (not even once it is
+    # given back a moment later).
+    held = agent.models.gates["llm"].enter(timeout_s=1)
+    later = threading.Timer(0.3, held.release)
+    later.start()
+    try:
+        before = engine.last_prefill
+        assert not agent.read_ahead(session, "Is it going")
+        later.join()
+        assert engine.last_prefill is before
+    finally:
+        later.cancel()
+        held.release()
+    assert not agent.read_ahead(session, "  ")  # no words: nothing to read
+
+
 def test_the_voice_bench_hears_a_spoken_questions_words_each_turn_a_new_one(
     engine, assets_dir
 ) -> None:
     """Bug: the random recogniser's 16 tokens came out as about 200 characters, which the
     LLM's tokenizer made about 150 tokens; their prefill (1.4 s on 2 cores) was most of a
     record/stop turn, and whether a turn paid it depended on what the model happened to
-    write. `ScriptedSTT` keeps the model's compute and says a question's words instead."""
+    write. `ScriptedSTT` keeps the model's compute and says a question's words instead,
+    as many as the audio holds: a turn heard in two stretches says what it says whole."""
     import numpy as np
 
     from tests.fakes import FakeSTT
-    from voice_agent.bench.pipeline import QUESTIONS, ScriptedSTT
+    from voice_agent.bench.pipeline import QUESTIONS, WORDS_PER_S, ScriptedSTT
+
+    def speech(seconds: float) -> tuple[int, np.ndarray]:
+        return 16_000, np.full(int(16_000 * seconds), 0.1, np.float32)
 
     model = FakeSTT("zq " * 70)  # what a random model writes
     stt = ScriptedSTT(model)
-    speech = (16_000, np.full(16_000, 0.1, np.float32))
-    said = [stt.transcribe(speech) for _ in range(len(QUESTIONS) + 1)]
-    assert model.calls == len(QUESTIONS) + 1  # the model ran on every clip
-    assert [t.text for t in said] == [*QUESTIONS, QUESTIONS[0]]
-    assert len(set(QUESTIONS)) == len(QUESTIONS) and said[0].duration_s == 1.0
+    words = " ".join(QUESTIONS).split()
+    said = [stt.transcribe(speech(3.4)).text for _ in range(6)]
+    assert model.calls == 6  # the model ran on every clip
+    assert WORDS_PER_S * 3.4 == 8.5 and [len(t.split()) for t in said] == [9] * 6
+    assert " ".join(said).split() == (words * 2)[:54]  # read on, round and round
+    assert len(set(said)) == 6 and said[0] == "What will the weather be like this afternoon? Is"
+    whole = ScriptedSTT(FakeSTT("zq")).transcribe(speech(3.2)).text
+    split = ScriptedSTT(FakeSTT("zq"))
+    parts = [split.transcribe(speech(1.2)).text, split.transcribe(speech(2.0)).text]
+    assert " ".join(parts) == whole == " ".join(words[:8])  # 3 + 5 words, or 8 at once
     assert stt.model_id == "fake-stt"  # the rest is the model's
     assert stt.transcribe((16_000, np.zeros(16_000, np.float32))).text == ""  # nothing heard
 

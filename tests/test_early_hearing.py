@@ -180,10 +180,71 @@ def test_a_new_pause_replaces_the_guess_after_it_has_finished(speech):
     assert stt.begun == 1, "the second guess ran beside the first"
     hold.set()
     settle(second)
-    assert stt.heard == [len(part), len(speech)]
+    rest = len(speech) - len(part)
+    assert stt.heard == [len(part), rest]  # the second heard what the first had not
     events, _ = run(agent, audio=(RATE, speech), early=second)
     assert stt.calls == 2 and events[-1].timings.heard_early
-    assert said(events) == f"heard {len(speech)} samples"
+    assert said(events) == f"heard {len(part)} samples heard {rest} samples"
+
+
+def test_after_a_pause_the_next_guess_hears_only_what_was_said_since(speech):
+    """The user paused (a guess), went on (`resume` discards it) and paused again: the
+    words of the first stretch are kept, and only the audio after it is transcribed."""
+    stt = MeasuringSTT()
+    agent = Agent(fake_models(stt=stt))
+    cuts = [int(1.1 * RATE), int(2.2 * RATE), len(speech)]  # 3.4 s: three stretches
+    guesses: list[EarlyHearing] = []
+    for cut in cuts:
+        if guesses:
+            guesses[-1].discard()  # the user went on
+        guesses.append(
+            settle(agent.hear_early(speech[:cut], after=guesses[-1] if guesses else None))
+        )
+    stretches = [cuts[0], cuts[1] - cuts[0], cuts[2] - cuts[1]]
+    assert stt.heard == stretches
+    assert guesses[-1].reused_s == pytest.approx(2.2, abs=1e-3)
+    events, _ = run(agent, audio=(RATE, speech), early=guesses[-1])
+    assert said(events) == " ".join(f"heard {n} samples" for n in stretches)
+    assert stt.calls == 3 and events[-1].timings.heard_early
+
+
+@pytest.mark.parametrize(
+    "first_s, whole_s",
+    [(0.6, 3.0), (2.6, 3.2)],  # a first stretch, or what follows it, under SEGMENT_MIN_S
+    ids=["short-first", "short-rest"],
+)
+def test_a_stretch_too_short_to_hear_alone_is_heard_with_its_neighbours(speech, first_s, whole_s):
+    stt = MeasuringSTT()
+    agent = Agent(fake_models(stt=stt))
+    first = settle(agent.hear_early(speech[: int(first_s * RATE)]))
+    whole = speech[: int(whole_s * RATE)]
+    second = settle(agent.hear_early(whole, after=first))
+    assert stt.heard[-1] == len(whole) and second.reused_s == 0.0
+
+
+def test_words_are_reused_only_from_the_same_audio_that_came_to_words(speech):
+    """Another recording's start, a failed guess and a guess that heard no speech leave
+    the next guess to hear its whole audio."""
+    cut = int(1.5 * RATE)
+    stt = MeasuringSTT()
+    agent = Agent(fake_models(stt=stt))
+    other = settle(agent.hear_early(speech[:cut] * 0.5))  # not how this audio starts
+    settle(agent.hear_early(speech, after=other))
+    assert stt.heard[-1] == len(speech)
+
+    stt = MeasuringSTT(fail=1)
+    agent = Agent(fake_models(stt=stt))
+    failed = settle(agent.hear_early(speech[:cut]))
+    assert failed.failure
+    settle(agent.hear_early(speech, after=failed))
+    assert stt.heard == [cut, len(speech)]
+
+    stt = MeasuringSTT()
+    agent = Agent(fake_models(stt=stt))
+    quiet_first = np.concatenate([np.zeros(cut, np.float32), speech])
+    silent = settle(agent.hear_early(quiet_first[:cut]))  # the speech gate heard nothing
+    settle(agent.hear_early(quiet_first, after=silent))
+    assert stt.heard == [len(quiet_first)]
 
 
 def test_silence_heard_early_is_still_no_speech():

@@ -7,6 +7,7 @@ UI paths runs through Starlette's test client.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from tests.fakes import FakeLLM, FakeTTS, MeasuringSTT, fake_models
 
 gr = pytest.importorskip("gradio")
 
+from voice_agent.core.cancel import CancelToken  # noqa: E402
 from voice_agent.pipeline.agent import Agent  # noqa: E402
 from voice_agent.ui import diagnostics as diag  # noqa: E402
 from voice_agent.ui.blocks import build_ui  # noqa: E402
@@ -483,10 +485,12 @@ def test_hands_free_turn_uses_the_words_heard_at_the_pause(assets_dir):
     early = settled(ui.early_queued)
     heard = sum(len(u) for u in ui.utterances)
     before = stt.calls
-    assert stt.heard[-1] == heard  # heard at the pause: the turn's very audio
+    # Heard at the pause: the turn's very audio (what followed the words kept at a breath).
+    rest = heard - round(early.reused_s * 16_000)
+    assert stt.heard[-1] == rest
     drain(handlers.hands_free_turn(ui, *controls()))
     assert stt.calls == before, "the turn transcribed its audio again"
-    assert last_user_words(ui).endswith(f"heard {heard} samples")
+    assert last_user_words(ui).endswith(f"heard {rest} samples")
     assert "heard in" in ui.chat[-1]["content"]
     assert ui.early_queued is None and early.discarded  # used once, then nothing may take it
 
@@ -503,7 +507,38 @@ def test_hands_free_words_after_a_short_pause_make_the_turn_hear_them_all(assets
     heard = sum(len(u) for u in ui.utterances)
     assert min(stt.heard) < heard  # a guess was made on the words before the gap
     drain(handlers.hands_free_turn(ui, *controls()))
-    assert last_user_words(ui).endswith(f"heard {heard} samples")
+    # All of it, as stretches: the words before the gap were kept, the rest heard after.
+    stretches = [int(n) for n in re.findall(r"heard (\d+) samples", last_user_words(ui))]
+    assert sum(stretches) == heard and len(stretches) >= 2, stretches
+
+
+def test_words_before_a_pause_the_user_spoke_on_after_are_read_by_the_llm(assets_dir):
+    """The user paused and went on: the words before the pause are prefilled into the
+    LLM's prompt cache while they talk (`Agent.read_ahead`), as the start of the message
+    the turn then sends."""
+    import soundfile as sf
+
+    stt = MeasuringSTT()
+    llm = FakeLLM("Sure.")
+    llm.reuse_prompt_cache = True  # an engine that keeps its KV cache
+    _, handlers, _ = make_app(fake_models(llm=llm, stt=stt))
+    ui = handlers.on_load()[0]
+    samples, rate = sf.read(assets_dir / "speech_pause_speech.wav", dtype="int16")
+    panel = controls()
+    assert talk(handlers, ui, samples, rate, pause=2.0, tail_s=2.5, panel=panel) == [1]
+
+    def reads() -> list[dict]:
+        return [c for c in llm.calls if c["settings"].max_new_tokens == 1]
+
+    wait_for(reads)
+    first = f"heard {stt.heard[0]} samples"  # the words before the 1.2 s gap
+    read = reads()[0]
+    assert read["messages"][-1] == {"role": "user", "content": first}
+    assert read["system_prompt"] == "Be brief."  # the panel's, as the turn's
+    drain(handlers.hands_free_turn(ui, *panel))
+    turn = [c for c in llm.calls if c["settings"].max_new_tokens != 1][-1]
+    said = turn["messages"][-1]["content"]
+    assert said.startswith(first + " heard") and last_user_words(ui).endswith(said)
 
 
 def test_a_barged_in_hands_free_turn_leaves_no_early_words(assets_dir):
@@ -626,11 +661,12 @@ def test_hands_free_answers_with_the_turn_started_at_the_pause(assets_dir):
     assert talk(handlers, ui, samples, rate, tail_s=0.0, panel=controls()) == []  # paused
     ahead = ui.ahead
     assert ahead is not None and not ahead.confirmed.is_set()
-    heard = len(ahead.samples)
+    early = settled(ui.early)
+    words = early.result(ahead.samples, CancelToken()).text  # the words at the pause
 
     def calls_for_these_words() -> int:
         # A guess at hello.wav's breath may have reached the LLM too before it was dropped.
-        return sum(c["messages"][-1]["content"] == f"heard {heard} samples" for c in llm.calls)
+        return sum(c["messages"][-1]["content"] == words for c in llm.calls)
 
     wait_for(calls_for_these_words)  # the reply started before the user's turn ended
     assert ui.chat == [] and not ui.played_live  # nothing shown or played yet
@@ -641,7 +677,7 @@ def test_hands_free_answers_with_the_turn_started_at_the_pause(assets_dir):
     drain(handlers.hands_free_turn(ui, *controls()))
     assert calls_for_these_words() == 1 and stt.calls == heard_before, "started again"
     assert llm.calls[-1]["system_prompt"] == "Be brief."  # the panel's settings
-    assert last_user_words(ui).endswith(f"heard {heard} samples")
+    assert last_user_words(ui).endswith(words)
     assert "It is sunny." in ui.chat[-1]["content"]
     assert [m["role"] for m in ui.session.history] == ["user", "assistant"]
     assert agent.recent_timings()["turns"][-1]["ahead"] is True

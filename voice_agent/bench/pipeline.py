@@ -170,8 +170,8 @@ class ScriptedLLM:
         ).collect()
 
 
-# What the user asks in the voice bench: about as many words as hello.wav's 3.4 s hold, each
-# different, so no turn finds its words already in the LLM's kept prompt cache.
+# What the user asks in the voice bench, read on as one stream of words: each turn's words
+# differ, so no turn finds them already in the LLM's kept prompt cache.
 QUESTIONS = (
     "What will the weather be like this afternoon?",
     "Is it going to rain in the city later today?",
@@ -179,22 +179,26 @@ QUESTIONS = (
     "Should I take an umbrella for my walk today?",
     "Will it be sunny enough for the park tomorrow?",
 )
+WORDS_PER_S = 2.5  # a conversational rate, 150 words a minute: hello.wav's 3.4 s hold 9
 
 
 class ScriptedSTT:
     """Wraps a speech recogniser: each transcription runs the model on the audio as asked,
-    and its text is the next of `texts`.
+    and its text is the next words of `texts`, as many as that much speech holds
+    (`WORDS_PER_S`).
 
     A random model writes random tokens: some 200 characters for a 3.4 s clip, which the
-    LLM's tokenizer makes about 150 tokens, ten times a spoken question's. Their prefill
+    LLM's tokenizer made about 150 tokens, ten times a spoken question's. Their prefill
     (about 10 ms a token on 2 cores) would then be most of the turn, and differ from turn
-    to turn with whatever the model happened to write.
+    to turn with whatever the model happened to write. The words follow the audio's length
+    so that a turn heard in two stretches (`pipeline.hear.EarlyHearing`: the words before
+    a pause, then the rest) says about as many words as the turn heard whole.
     """
 
     def __init__(self, stt: Any, texts: tuple[str, ...] = QUESTIONS) -> None:
         self._stt = stt
         self.texts = texts
-        self._said = itertools.count()
+        self._words = itertools.cycle(" ".join(texts).split())
 
     def __getattr__(self, name: str) -> Any:
         if name == "_stt":  # not set yet (a copy being made): no endless lookup
@@ -204,7 +208,8 @@ class ScriptedSTT:
     def _scripted(self, transcript: Any) -> Any:
         if not transcript.text.strip():  # it heard nothing: nothing is said
             return transcript
-        return replace(transcript, text=self.texts[next(self._said) % len(self.texts)])
+        n = max(1, int(WORDS_PER_S * transcript.duration_s + 0.5))
+        return replace(transcript, text=" ".join(next(self._words) for _ in range(n)))
 
     def transcribe(self, audio: Any, language: str | None = None) -> Any:
         return self._scripted(self._stt.transcribe(audio, language))

@@ -242,7 +242,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "VAD_EARLY_PAUSE_SECONDS",
         "0.2",
-        "Record and hands-free: silence inside a turn after which the words so far are transcribed, so the turn finds them ready when it ends (seconds; 0 = transcribe only when the turn ends).",
+        "Record and hands-free: silence inside a turn after which the words so far are transcribed (only those since the last such pause: the words before it are kept), so the turn finds them ready when it ends (seconds; 0 = transcribe only when the turn ends).",
     ),
     Variable(
         "VAD_ANSWER_AHEAD",

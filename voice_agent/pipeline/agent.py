@@ -261,24 +261,44 @@ class Agent:
         """
         if not self.models.wait(wait_s) or self.models.status.get("llm") != "ready":
             return False
+        return self._prefill(self.new_session(), "Hello.", self.settings.server_timeout_s)
+
+    def read_ahead(self, session: Session, words: str) -> bool:
+        """Prefill `session`'s next prompt with `words` as the start of the user's message.
+
+        The user paused (the words so far were heard early) and went on: the words are
+        theirs whatever follows, so while they talk the LLM computes them into its KV
+        cache, and the turn prefills only what came after. Only when the LLM is free (no
+        turn or request runs or waits on it): never a wait for anyone. True if it did.
+        """
+        if not words.strip() or self.models.status.get("llm") != "ready":
+            return False
+        if self.models.gates["llm"].admitted:
+            return False
+        return self._prefill(session, words, 0.0)
+
+    def _prefill(self, session: Session, words: str, wait_s: float) -> bool:
+        """Run the LLM for one token on `session`'s prompt with `words` as the user's next
+        message, so its KV cache holds that prompt (`reuse_prompt_cache` engines only)."""
         llm = self.models.require("llm")
         if not getattr(llm, "reuse_prompt_cache", False):
             return False  # nothing to keep: a serving engine, or the cache is off
-        session = self.new_session()
         tools = self.toolbox.specs() if session.tools and llm.capabilities.tools else None
-
-        held = self.models.gates["llm"].enter(timeout_s=self.settings.server_timeout_s)
+        try:
+            held = self.models.gates["llm"].enter(timeout_s=wait_s)
+        except BusyError:
+            return False
         if held is None:
             return False
         try:
             llm.generate_reply(
-                [{"role": "user", "content": "Hello."}],
+                [*session.history, {"role": "user", "content": words}],
                 GenerationSettings(max_new_tokens=1, temperature=0.0),
                 system_prompt=session.system_prompt,
                 tools=tools or None,
             )
-        except Exception as exc:  # the first turn just prefills it all itself
-            log.warning("could not prime the prompt cache: %s", exc)
+        except Exception as exc:  # the turn just prefills it all itself
+            log.warning("could not prefill the prompt: %s", exc)
             return False
         finally:
             held.release()

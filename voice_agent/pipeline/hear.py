@@ -5,9 +5,10 @@ once per turn; what passes goes to the STT engine as a `Speech` value, which
 the engine neither decodes nor gates again. Silence and noise never reach the
 engine. Typed text is checked against `MAX_TEXT_CHARS`.
 
-Hands-free mode can hear a recording early: `EarlyHearing` does the same work
-on a worker while the user is still pausing (before the turn detector ends the
-turn), and the turn takes its `Heard` when the audio is the same.
+Hands-free mode and Record can hear a recording early: `EarlyHearing` does the
+same work on a worker while the user is still pausing (before the turn ends), and
+the turn takes its `Heard` when the audio is the same. When the user went on after
+an earlier pause, only what was said since is transcribed (`SEGMENT_MIN_S`).
 
 Every failure is a `StageError` with the code and words the turn's `error`
 event carries.
@@ -40,6 +41,9 @@ from voice_agent.stt.base import AudioInput, Speech, STTEngine
 
 log = logging.getLogger(__name__)
 
+# The shortest stretch heard on its own when a guess reuses the words of the one before:
+# a recogniser guesses worse at a word or two without its neighbours.
+SEGMENT_MIN_S = 1.0
 NO_SPEECH_HINT = "I didn't hear any speech. Try again a little closer to the microphone."
 
 
@@ -179,6 +183,13 @@ class EarlyHearing:
     (`Agent.run_turn(early=...)`) instead of transcribing again: only the wait
     for the end of the pause is left between the user's last word and the reply.
 
+    When the user went on after an earlier pause and that guess (`after`) came to
+    words, its audio is how this one's starts: only the audio after it is
+    transcribed, and the words are joined (a pause of 0.2 s or more is a clean cut
+    between words). So at the last pause only what was said since the one before is
+    left to transcribe, instead of the whole utterance again. Stretches shorter than
+    `SEGMENT_MIN_S` are not heard on their own.
+
     The work is `hear_audio`'s: the same checks, speech gate and engine, under
     the STT gate. Being a guess, it never waits in line there: it runs only when
     nobody runs or waits on the engine (another conversation's turn or a REST
@@ -204,6 +215,7 @@ class EarlyHearing:
     ) -> None:
         self.samples = samples
         self.stt_s: float | None = None
+        self.reused_s = 0.0  # seconds at the start whose words came from `after`
         self.failure = ""  # why there is no result, when there is none
         self._heard: Heard | None = None
         self._token = CancelToken()
@@ -224,6 +236,10 @@ class EarlyHearing:
         """The worker has finished (with a result or without one)."""
         return self._done.is_set()
 
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the worker to finish; True when it has."""
+        return self._done.wait(timeout_s)
+
     def discard(self) -> None:
         """The result will not be used: the work stops unless the engine already has it."""
         self._token.cancel(DISCARDED)
@@ -231,6 +247,24 @@ class EarlyHearing:
     def made_from(self, audio: object) -> bool:
         """Whether `audio` (`(16000, samples)` or a bare 16 kHz array) is what was heard."""
         return same_audio(self.samples, audio)
+
+    @property
+    def words(self) -> str:
+        """The words it came to ("" while running, or without a result), discarded or not:
+        the words of its audio stay right whatever the user said after."""
+        heard = self._heard
+        return heard.text if self.done and heard is not None else ""
+
+    def words_before(self, samples: np.ndarray) -> tuple[int, str] | None:
+        """(samples heard, words): what this job heard, when `samples` starts with its
+        audio and goes on for at least `SEGMENT_MIN_S` more, and it came to words."""
+        words, n = self.words, self.samples.shape[0]
+        least = int(SEGMENT_MIN_S * SAMPLE_RATE)
+        if not words or n < least:
+            return None
+        if samples.shape[0] - n < least or not np.array_equal(samples[:n], self.samples):
+            return None
+        return n, words
 
     def result(self, audio: object, cancel: object) -> Heard | None:
         """The words, when this heard `audio` and came to a result; None otherwise.
@@ -257,9 +291,11 @@ class EarlyHearing:
             if gate.admitted:
                 self.failure = "the speech recogniser is busy"
                 return
+            known = after.words_before(self.samples) if after is not None else None
+            start, before = known if known is not None else (0, "")
             timings = TurnTimings()
-            self._heard = hear_audio(
-                (SAMPLE_RATE, self.samples),
+            heard = hear_audio(
+                (SAMPLE_RATE, self.samples[start:]),
                 stt,
                 gate,
                 settings,
@@ -267,6 +303,10 @@ class EarlyHearing:
                 timings=timings,
                 timeout_s=0.0,
             )
+            if before:
+                heard = Heard(f"{before} {heard.text}".strip(), transcribed=True)
+                self.reused_s = start / SAMPLE_RATE
+            self._heard = heard
             self.stt_s = timings.stt_s
         except StageCancelled:
             self.failure = DISCARDED

@@ -45,6 +45,9 @@ PLAYBACK_TAIL_S = 1.5
 # the chat, work the server and the browser would take from the LLM and the voice on a
 # CPU they share, for words nobody reads faster than this.
 TEXT_UPDATE_S = 0.25
+# How long the LLM's reading ahead waits for the words before a pause (a guess's
+# transcription takes well under a second; one still running then is stuck).
+READ_AHEAD_WAIT_S = 5.0
 # Marks a spoken message in the chat (a styled tag, not an emoji: not every system has
 # an emoji font).
 VOICE_TAG = '<span class="via-voice">voice</span>'
@@ -725,6 +728,7 @@ class Conversation:
                 with ui.guess_lock:
                     discard(ui.early, ui.ahead)
                     ui.ahead = None
+                self._read_ahead(ui, ui.early)
             elif event.kind == "end_of_turn" and event.audio is not None and event.audio.size:
                 self.queue_utterance(ui, event)
                 ended = True
@@ -853,6 +857,31 @@ class Conversation:
             except Exception:  # a guess; the turn starts as usual when the user is done
                 log.warning("could not start the turn ahead", exc_info=True)
                 ui.ahead = None
+
+    def _read_ahead(self, ui: UISession, early: Any) -> None:
+        """The user went on after a pause: once the words before it are heard, have the
+        LLM prefill them as the start of the turn's message (`Agent.read_ahead`), so the
+        turn computes only what follows. Under the same conditions as answering ahead."""
+        read_ahead = getattr(self.agent, "read_ahead", None)
+        settings = getattr(self.agent, "settings", None)
+        if (
+            early is None
+            or not callable(read_ahead)
+            or ui.controls is None  # the session may not hold the panel's values yet
+            or ui.busy
+            or not getattr(settings, "vad_answer_ahead", False)
+            or on_zero_gpu()
+        ):
+            return
+
+        def run() -> None:
+            # The guess's engine work cannot be stopped: its words come when it ends.
+            if not early.wait(READ_AHEAD_WAIT_S):
+                return
+            if early.words and not ui.busy and not ui.utterances:
+                read_ahead(ui.session, early.words)
+
+        threading.Thread(target=run, name="read-ahead", daemon=True).start()
 
     @staticmethod
     def _drop_ahead(ui: UISession) -> None:
