@@ -10,7 +10,7 @@ usual variables is used instead. It drives headless Chromium with a fake microph
 
 - **record**: Record (the page's push-to-talk button), the clip, Stop recording; end of
   speech is the click on Stop recording.
-- **hands-free**: Record once; a pause ends the turn; end of speech is when the
+- **hands-free**: Start listening once; a pause ends the turn; end of speech is when the
   clip's speech ends (the microphone's start in the page plus the clip's last
   loud sample).
 
