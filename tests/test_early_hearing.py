@@ -222,6 +222,25 @@ def test_a_stretch_too_short_to_hear_alone_is_heard_with_its_neighbours(speech, 
     assert stt.heard[-1] == len(whole) and second.reused_s == 0.0
 
 
+def test_a_rest_that_comes_to_no_words_alone_is_heard_with_what_came_before(speech):
+    """A short word after the pause ("... off") fails the speech gate on its own: the
+    guess hears the whole utterance instead of dropping the word."""
+    from voice_agent.audio.gate import is_speech
+
+    stt = MeasuringSTT()
+    agent = Agent(fake_models(stt=stt))
+    start = speech[: int(1.5 * RATE)]
+    loud = int(np.argmax(np.abs(speech)))
+    word = speech[loud : loud + int(0.15 * RATE)]  # 0.15 s of voice
+    rest = np.concatenate([np.zeros(int(0.7 * RATE), np.float32), word, np.zeros(3200, np.float32)])
+    whole = np.concatenate([start, rest])
+    assert not is_speech(rest, RATE) and is_speech(whole, RATE)
+    first = settle(agent.hear_early(start))
+    second = settle(agent.hear_early(whole, after=first))
+    assert stt.heard == [len(start), len(whole)]
+    assert second.words == f"heard {len(whole)} samples" and second.reused_s == 0.0
+
+
 def test_words_are_reused_only_from_the_same_audio_that_came_to_words(speech):
     """Another recording's start, a failed guess and a guess that heard no speech leave
     the next guess to hear its whole audio."""

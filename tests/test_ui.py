@@ -540,6 +540,13 @@ def test_words_before_a_pause_the_user_spoke_on_after_are_read_by_the_llm(assets
     said = turn["messages"][-1]["content"]
     assert said.startswith(first + " heard") and last_user_words(ui).endswith(said)
 
+    # A page that sent no settings: the session may not be the turn's, so nothing is read.
+    llm.calls.clear()
+    ui = handlers.on_load()[0]
+    assert talk(handlers, ui, samples, rate, pause=2.0, tail_s=2.5) == [1]
+    drain(handlers.hands_free_turn(ui, *panel))
+    assert llm.calls and reads() == []
+
 
 def test_a_barged_in_hands_free_turn_leaves_no_early_words(assets_dir):
     """Speaking over a turn that still waits for its early words ends it at once; the guess

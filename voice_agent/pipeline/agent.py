@@ -280,13 +280,13 @@ class Agent:
     def _prefill(self, session: Session, words: str, wait_s: float) -> bool:
         """Run the LLM for one token on `session`'s prompt with `words` as the user's next
         message, so its KV cache holds that prompt (`reuse_prompt_cache` engines only)."""
-        llm = self.models.require("llm")
-        if not getattr(llm, "reuse_prompt_cache", False):
-            return False  # nothing to keep: a serving engine, or the cache is off
-        tools = self.toolbox.specs() if session.tools and llm.capabilities.tools else None
         try:
+            llm = self.models.require("llm")
+            if not getattr(llm, "reuse_prompt_cache", False):
+                return False  # nothing to keep: a serving engine, or the cache is off
+            tools = self.toolbox.specs() if session.tools and llm.capabilities.tools else None
             held = self.models.gates["llm"].enter(timeout_s=wait_s)
-        except BusyError:
+        except (BusyError, ModelUnavailableError):
             return False
         if held is None:
             return False

@@ -294,18 +294,26 @@ class EarlyHearing:
             known = after.words_before(self.samples) if after is not None else None
             start, before = known if known is not None else (0, "")
             timings = TurnTimings()
-            heard = hear_audio(
-                (SAMPLE_RATE, self.samples[start:]),
-                stt,
-                gate,
-                settings,
-                cancel=self._token,
-                timings=timings,
-                timeout_s=0.0,
-            )
-            if before:
-                heard = Heard(f"{before} {heard.text}".strip(), transcribed=True)
+
+            def hear(samples: np.ndarray) -> Heard:
+                return hear_audio(
+                    (SAMPLE_RATE, samples),
+                    stt,
+                    gate,
+                    settings,
+                    cancel=self._token,
+                    timings=timings,
+                    timeout_s=0.0,
+                )
+
+            heard = hear(self.samples[start:])
+            if before and heard.text:
+                heard = Heard(f"{before} {heard.text}", transcribed=True)
                 self.reused_s = start / SAMPLE_RATE
+            elif before:
+                # The rest alone came to no words (a short word the speech gate or the
+                # recogniser misses without its neighbours): hear it all together.
+                heard = hear(self.samples)
             self._heard = heard
             self.stt_s = timings.stt_s
         except StageCancelled:

@@ -879,7 +879,10 @@ class Conversation:
             if not early.wait(READ_AHEAD_WAIT_S):
                 return
             if early.words and not ui.busy and not ui.utterances:
-                read_ahead(ui.session, early.words)
+                try:
+                    read_ahead(ui.session, early.words)
+                except Exception:  # a head start only; the turn prefills it all itself
+                    log.warning("could not read ahead", exc_info=True)
 
         threading.Thread(target=run, name="read-ahead", daemon=True).start()
 
