@@ -199,6 +199,8 @@ class ScriptedSTT:
         self._stt = stt
         self.texts = texts
         self._words = itertools.cycle(" ".join(texts).split())
+        self._heard_s = 0.0  # speech transcribed so far, and the words said for it
+        self._said = 0
 
     def __getattr__(self, name: str) -> Any:
         if name == "_stt":  # not set yet (a copy being made): no endless lookup
@@ -208,7 +210,11 @@ class ScriptedSTT:
     def _scripted(self, transcript: Any) -> Any:
         if not transcript.text.strip():  # it heard nothing: nothing is said
             return transcript
-        n = max(1, int(WORDS_PER_S * transcript.duration_s + 0.5))
+        # Counted over everything heard, so that stretches add up to the whole: two 1.3 s
+        # stretches say 3 + 4 words, as 2.6 s heard at once says 7.
+        self._heard_s += transcript.duration_s
+        n = max(1, int(WORDS_PER_S * self._heard_s + 0.5) - self._said)
+        self._said += n
         return replace(transcript, text=" ".join(next(self._words) for _ in range(n)))
 
     def transcribe(self, audio: Any, language: str | None = None) -> Any:
