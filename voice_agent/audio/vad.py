@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -163,10 +163,8 @@ class TurnDetector:
                 max_turn_s=max(1.0, min(300.0, max_turn)),
                 early_pause_s=settings.vad_early_pause_seconds,
             )
-        if pause_s is not None:
-            config = VADConfig(**{**config.__dict__, "pause_s": pause_s})
-        if end_on_pause is not None:
-            config = VADConfig(**{**config.__dict__, "end_on_pause": end_on_pause})
+        overrides: dict[str, Any] = {"pause_s": pause_s, "end_on_pause": end_on_pause}
+        config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
         self.config = config
         self.model = model or load_model()
         self.assistant_speaking = False

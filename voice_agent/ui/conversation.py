@@ -830,17 +830,10 @@ class Conversation:
         one started (`pipeline.ahead.TurnAhead`). Only in an idle tab with nothing queued,
         when `VAD_ANSWER_AHEAD` is on and the microphone sent the settings panel's values
         (the turn must be the one the page would start)."""
-        settings = getattr(self.agent, "settings", None)
         controls = ui.controls
         with ui.guess_lock:  # a turn dropping the guesses now waits, then drops this one
             self._drop_ahead(ui)
-            if (
-                controls is None
-                or ui.busy
-                or ui.utterances
-                or not getattr(settings, "vad_answer_ahead", False)
-                or on_zero_gpu()  # the GPU exists only inside the page's own handlers there
-            ):
+            if controls is None or not self._may_work_ahead(ui):
                 return
             from voice_agent.pipeline.ahead import TurnAhead
 
@@ -858,20 +851,24 @@ class Conversation:
                 log.warning("could not start the turn ahead", exc_info=True)
                 ui.ahead = None
 
+    def _may_work_ahead(self, ui: UISession) -> bool:
+        """Whether the tab may start work for a turn before the user is done: idle, nothing
+        queued, `VAD_ANSWER_AHEAD` on, and the microphone sent the settings panel's values
+        (the session holds them, so the work is the turn's own)."""
+        return not (
+            ui.controls is None
+            or ui.busy
+            or ui.utterances
+            or not getattr(getattr(self.agent, "settings", None), "vad_answer_ahead", False)
+            or on_zero_gpu()  # the GPU exists only inside the page's own handlers there
+        )
+
     def _read_ahead(self, ui: UISession, early: Any) -> None:
         """The user went on after a pause: once the words before it are heard, have the
         LLM prefill them as the start of the turn's message (`Agent.read_ahead`), so the
         turn computes only what follows. Under the same conditions as answering ahead."""
         read_ahead = getattr(self.agent, "read_ahead", None)
-        settings = getattr(self.agent, "settings", None)
-        if (
-            early is None
-            or not callable(read_ahead)
-            or ui.controls is None  # the session may not hold the panel's values yet
-            or ui.busy
-            or not getattr(settings, "vad_answer_ahead", False)
-            or on_zero_gpu()
-        ):
+        if early is None or not callable(read_ahead) or not self._may_work_ahead(ui):
             return
 
         def run() -> None:

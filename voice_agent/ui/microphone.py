@@ -123,7 +123,8 @@ def add_route(app: Any, handlers: Any) -> None:
 # state. The tab id is the one the page player got
 # (`window.vaTab`, set on load). Each post waits for the one before: the detector hears
 # the audio in order, and a slow server gets fewer, longer posts instead of a queue.
-MIC_HEAD = """<script>
+MIC_HEAD = (
+    """<script>
 (() => {
   if (window.vaMic) return;
   const CHUNK_S = CHUNK_SECONDS;
@@ -283,8 +284,8 @@ MIC_HEAD = """<script>
                   get mode() { return m.mode; }};
 })();
 </script>""".replace("CHUNK_SECONDS", str(CHUNK_S))
-MIC_HEAD = MIC_HEAD.replace("LISTENING_TEXT", json.dumps(LISTENING)).replace(
-    "RECORDING_TEXT", json.dumps(RECORDING)
+    .replace("LISTENING_TEXT", json.dumps(LISTENING))
+    .replace("RECORDING_TEXT", json.dumps(RECORDING))
 )
 
 # The widgets: a button and the detector's status line (updated by `MIC_HEAD`).
