@@ -236,6 +236,16 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             # The page asked the browser for echo cancellation (ui.blocks.ECHO_SAFE_MIC_HEAD).
             asked = page.evaluate("window.vaMicConstraints")
             assert asked and asked["echoCancellation"] is True, asked
+            # The dot on the button follows the level it hears, set with each post; nothing on
+            # the page animates while it listens (an endless animation redraws 60 times a
+            # second, which the models' cores pay for).
+            page.wait_for_function("window.vaMic.peak >= 0.7")
+            assert hf_mic.evaluate("e => e.style.getPropertyValue('--va-level')")
+            endless = page.evaluate(
+                "document.getAnimations().filter((a) => a.playState === 'running'"
+                " && a.effect && a.effect.getTiming().iterations === Infinity).length"
+            )
+            assert endless == 0, f"{endless} endless animations run while listening"
             # Two utterances (the pause splits them); the second may barge in on the first
             # reply. At least one spoken turn is answered, with its full latency line.
             expect(chat.locator(".via-voice")).to_have_count(3)
@@ -245,6 +255,8 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             page.screenshot(path=ARTIFACTS / "05-hands-free.png", full_page=True)
             # The page's microphone posted its audio itself (ui.microphone), not Gradio's.
             assert page.evaluate("window.vaMic.posts") > 10
+            # The clip has ended: the microphone hears silence, and the dot says so.
+            page.wait_for_function("window.vaMic.level <= 0.4")
             hf_mic.get_by_role("button", name="Stop listening").click()
             expect(hf_mic).to_contain_text("Microphone off.")
         finally:

@@ -14,15 +14,16 @@ usual variables is used instead. It drives headless Chromium with a fake microph
   clip's speech ends (the microphone's start in the page plus the clip's last
   loud sample).
 
-A probe in the page (`PROBE_JS`) polls every `POLL_MS`: the turn status line
-(-> "Thinking" when the transcript is in, -> "Answering" at the first reply
-word) and the page player's own record (`ui.playback`: when each chunk is
-heard, from the Web Audio clock). First audio heard is when the reply's first
-chunk comes out; a stall is a gap between two chunks (a chunk that arrived after
-the one before had played out), so silence inside the audio itself does not
-count. Against a page without that player (Gradio's own streamed `<audio>`) the
-probe polls the element's media clock instead: first audio heard is the first
-poll at which it advances, a stall wall time after playback started that the
+A probe in the page (`PROBE_JS`) watches the turn status line as it changes (a
+`MutationObserver`: -> "Thinking" when the transcript is in, -> "Answering" at the
+first reply word) and reads the page player's own record (`ui.playback`: when each
+chunk is heard, from the Web Audio clock) when the bench asks, every `WAIT_POLL_MS`;
+it does not poll, so it takes nothing from the cores it measures. First audio heard is
+when the reply's first chunk comes out; a stall is a gap between two chunks (a chunk
+that arrived after the one before had played out), so silence inside the audio itself
+does not count. Against a page without that player (Gradio's own streamed `<audio>`)
+the probe polls the element's media clock every `POLL_MS` instead: first audio heard is
+the first poll at which it advances, a stall wall time after playback started that the
 clock did not cover.
 """
 
@@ -42,7 +43,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-POLL_MS = 10
+POLL_MS = 10  # the <audio> fallback's media clock only; the rest is read on change
+WAIT_POLL_MS = 100  # how often the bench asks the page whether a turn is done
 STALL_MIN_MS = 40  # below this a gap is poll jitter, not something heard
 TURN_TIMEOUT_S = 150.0
 START_TIMEOUT_S = 300.0
@@ -67,36 +69,37 @@ PROBE_JS = """
     md.getUserMedia = async (c) => { const s = await original(c); va.micStart = performance.now(); return s; };
   }
   const seen = new Map();
-  va.reset = () => { va.active = true; va.first = null; va.stalls = []; va.stallAt = []; va.status = {};
-                     va.lastAdvance = null; va.endAt = null; va.played = 0; va.micStart = null;
-                     va.via = null;
-                     va.fromTurn = window.vaPlayer ? window.vaPlayer.stats.turn : -1; };
-  // Played out and quiet for `ms`: the page player knows when its audio ends; an <audio>
-  // element's clock must have stood still that long.
-  va.settled = (ms) => va.first !== null && performance.now() - (va.endAt ?? va.lastAdvance) > ms;
-  setInterval(() => {
+  let observer = null, timer = null;
+  // The status line, read when it changes (a MutationObserver's callback runs right after
+  // the change), not by polling: the probe must not take the cores it measures.
+  const readStatus = () => {
     if (!va.active) return;
     const now = performance.now();
-    const status = (document.querySelector('#turn-status') || {}).innerText || '';
+    const status = (document.querySelector('#turn-status') || {}).textContent || '';
     for (const key of ['Thinking', 'Answering', 'Speaking']) {
       if (status.includes(key) && !(key in va.status)) va.status[key] = now;
     }
     if ('Thinking' in va.status && status.includes('Ready') && !('Ready' in va.status)) va.status.Ready = now;
-    // The page player (ui.playback) schedules each chunk itself: its times are exact.
+  };
+  // The page player (ui.playback) schedules each chunk itself and records when it is heard,
+  // from the Web Audio clock: its times are exact, so they are read when asked.
+  const readPlayer = () => {
     const st = window.vaPlayer ? window.vaPlayer.stats : null;
-    if (st && st.turn > va.fromTurn && st.firstAt !== null && va.via !== 'audio') {
-      if (now >= st.firstAt) {
-        va.via = 'player';
-        va.first = st.firstAt;
-        const late = st.gaps.filter((g) => g.s * 1000 > STALL_MIN_MS);
-        va.stalls = late.map((g) => g.s);
-        va.stallAt = late.map((g) => [g.chunks, g.audioS]);
-        va.played = st.audioS;
-        va.endAt = st.endAt;
-      }
-      return;
-    }
-    // Otherwise (Gradio's own streamed <audio>, before ui.playback): poll its media clock.
+    if (!va.active || !st || !(st.turn > va.fromTurn) || st.firstAt === null || va.via === 'audio') return;
+    if (performance.now() < st.firstAt) return;  // scheduled, not heard yet
+    va.via = 'player';
+    va.first = st.firstAt;
+    const late = st.gaps.filter((g) => g.s * 1000 > STALL_MIN_MS);
+    va.stalls = late.map((g) => g.s);
+    va.stallAt = late.map((g) => [g.chunks, g.audioS]);
+    va.played = st.audioS;
+    va.endAt = st.endAt;
+  };
+  // Without that player (Gradio's own streamed <audio>) only polling its media clock tells.
+  const pollAudio = () => {
+    if (!va.active) return;
+    const now = performance.now();
+    readStatus();
     document.querySelectorAll('#reply-audio audio').forEach((a) => {
       const t = a.currentTime, prev = seen.get(a);
       seen.set(a, t);
@@ -110,7 +113,24 @@ PROBE_JS = """
       va.lastAdvance = now;
       va.played += t - prev;
     });
-  }, POLL_MS);
+  };
+  va.reset = () => { va.active = true; va.first = null; va.stalls = []; va.stallAt = []; va.status = {};
+                     va.lastAdvance = null; va.endAt = null; va.played = 0; va.micStart = null;
+                     va.via = null;
+                     va.fromTurn = window.vaPlayer ? window.vaPlayer.stats.turn : -1;
+                     if (observer) observer.disconnect();
+                     const line = document.querySelector('#turn-status');
+                     if (line) {
+                       observer = new MutationObserver(readStatus);
+                       observer.observe(line, {subtree: true, childList: true, characterData: true});
+                     }
+                     if (!window.vaPlayer && timer === null) timer = setInterval(pollAudio, POLL_MS); };
+  va.has = (key) => { readStatus(); return key in va.status; };
+  // Played out and quiet for `ms`: the page player knows when its audio ends; an <audio>
+  // element's clock must have stood still that long.
+  va.settled = (ms) => { readPlayer();
+                         return va.first !== null && performance.now() - (va.endAt ?? va.lastAdvance) > ms; };
+  va.snapshot = () => { readStatus(); readPlayer(); return JSON.parse(JSON.stringify(va)); };
 })();
 """.replace("STALL_MIN_MS", str(STALL_MIN_MS)).replace("POLL_MS", str(POLL_MS))
 
@@ -185,13 +205,19 @@ def _turn(page: Any, mode: str, clip_s: float, speech_end: float) -> dict[str, A
         page.locator("#hands-free-mic").get_by_role("button", name="Start listening").click()
         page.wait_for_function("window.__va.micStart !== null", timeout=30_000)
         end = page.evaluate("window.__va.micStart") + speech_end * 1000
-    page.wait_for_function("'Ready' in window.__va.status", timeout=int(TURN_TIMEOUT_S * 1000))
+    # Polled every 100 ms, not at every frame (Playwright's default): the probe's own times
+    # are exact, only noticing that they are in may wait.
+    page.wait_for_function(
+        "window.__va.has('Ready')", polling=WAIT_POLL_MS, timeout=int(TURN_TIMEOUT_S * 1000)
+    )
     # Wait for the voice to finish (the next turn must not hear this one): it played, and
     # its media clock has stood still for SETTLE_S.
     page.wait_for_function(
-        f"window.__va.settled({SETTLE_S * 1000})", timeout=int(TURN_TIMEOUT_S * 1000)
+        f"window.__va.settled({SETTLE_S * 1000})",
+        polling=WAIT_POLL_MS,
+        timeout=int(TURN_TIMEOUT_S * 1000),
     )
-    probe = page.evaluate("JSON.parse(JSON.stringify(window.__va))")
+    probe = page.evaluate("window.__va.snapshot()")
     if mode == "hands-free":
         page.locator("#hands-free-mic").get_by_role("button", name="Stop listening").click()
     page.wait_for_timeout(500)

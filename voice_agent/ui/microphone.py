@@ -146,7 +146,7 @@ MIC_HEAD = (
   }
   registerProcessor('va-tap', VaTap);`;
   const m = {on: false, starting: false, stream: null, ctx: null, rate: 0, parts: [], n: 0,
-             busy: false, ending: [], posts: 0, mode: 'listen', first: false};
+             busy: false, ending: [], posts: 0, mode: 'listen', first: false, level: 0, peak: 0};
   const WIDGET = {listen: '#hands-free-mic', hold: '#talk-mic'};
   const LABEL = {listen: ['Start listening', 'Stop listening'], hold: ['Record', 'Stop recording']};
   const HEARING = {listen: LISTENING_TEXT, hold: RECORDING_TEXT};
@@ -162,15 +162,29 @@ MIC_HEAD = (
       if (button) button.textContent = LABEL[m.mode][on ? 1 : 0];
     }
   };
+  // The dot on the button follows the level of each post (4 times a second): it shows the
+  // microphone hears, and costs a repaint per change instead of an animation's 60 frames a
+  // second (a tenth of a core in a browser that draws without a GPU, docs/agent.md).
+  const level = (sum, n) => {
+    const db = 20 * Math.log10(Math.sqrt(sum / Math.max(n, 1)) + 1e-9);
+    const shown = Math.round((0.3 + 0.7 * Math.max(0, Math.min(1, (db + 60) / 45))) * 10) / 10;
+    m.level = shown; m.peak = Math.max(m.peak, shown);
+    const el = root();
+    if (el && el.style.getPropertyValue('--va-level') !== String(shown)) {
+      el.style.setProperty('--va-level', String(shown));
+    }
+  };
   const take = () => {
     const pcm = new Int16Array(m.n);
-    let o = 0;
+    let o = 0, sum = 0;
     for (const p of m.parts) {
       for (let i = 0; i < p.length; i++) {
         const v = Math.max(-1, Math.min(1, p[i]));
+        sum += v * v;
         pcm[o++] = v < 0 ? v * 32768 : v * 32767;
       }
     }
+    if (m.on) level(sum, m.n);
     m.parts = []; m.n = 0;
     return pcm;
   };
@@ -244,7 +258,8 @@ MIC_HEAD = (
       tap.connect(mute).connect(ctx.destination);
       if (ctx.state === 'suspended') await ctx.resume();
       Object.assign(m, {stream, ctx, rate: ctx.sampleRate, parts: [], n: 0, on: true,
-                        first: m.mode === 'hold'});
+                        first: m.mode === 'hold', level: 0, peak: 0});
+      if (root()) root().style.removeProperty('--va-level');  // full until the first post
       // Pressing Record takes the floor: a reply still playing stops now (the server
       // stops making it at the first post).
       if (m.mode === 'hold') {
@@ -281,7 +296,8 @@ MIC_HEAD = (
     }
   });
   window.vaMic = {start, stop, get on() { return m.on; }, get posts() { return m.posts; },
-                  get mode() { return m.mode; }};
+                  get mode() { return m.mode; }, get level() { return m.level; },
+                  get peak() { return m.peak; }};
 })();
 </script>""".replace("CHUNK_SECONDS", str(CHUNK_S))
     .replace("LISTENING_TEXT", json.dumps(LISTENING))

@@ -51,8 +51,7 @@ CSS = """
   color: var(--button-cancel-text-color); border-color: var(--button-cancel-border-color); }
 .va-mic[data-state="on"] .va-mic-button::before { content: ""; display: inline-block; width: 8px;
   height: 8px; margin-right: 8px; border-radius: 50%; background: currentColor;
-  animation: va-pulse 1.2s ease-in-out infinite; }
-@keyframes va-pulse { 50% { opacity: 0.25; } }
+  opacity: var(--va-level, 1); }
 .va-mic-status { flex: 1; min-width: 160px; font-size: 0.88rem; color: var(--body-text-color-subdued); }
 .diag-grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 10px; }
 .diag-card { border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 10px 12px;

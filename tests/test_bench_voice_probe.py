@@ -1,0 +1,109 @@
+"""The voice bench's probe (`bench.voice.PROBE_JS`) in headless Chromium, on a page of its own.
+
+The page has the app's turn status line and a stand-in for the page player's record
+(`window.vaPlayer.stats`, as `ui.playback` keeps it). The probe must time what it
+measures without taking the cores the measured turn runs on: no timer, no animation
+frame while the page has its player. Select with `pytest -k browser`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voice_agent.bench.voice import PROBE_JS, STALL_MIN_MS
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+PAGE = """<div id="turn-status"><p>Ready</p></div>
+<script>
+window.vaPlayer = {stats: {turn: 3, firstAt: null, gaps: [], audioS: 0, endAt: null, chunks: 0}};
+</script>"""
+
+# Counts the page's timers and animation frames, from before the probe is installed.
+COUNT_TIMERS = """
+window.__timers = {interval: 0, timeout: 0, raf: 0};
+for (const [name, key] of [['setInterval', 'interval'], ['setTimeout', 'timeout'],
+                           ['requestAnimationFrame', 'raf']]) {
+  const original = window[name].bind(window);
+  window[name] = (...args) => { window.__timers[key] += 1; return original(...args); };
+}
+"""
+
+SAY = """(text) => { document.querySelector('#turn-status').innerHTML = '<p>' + text + '</p>';
+                return performance.now(); }"""
+
+
+@pytest.fixture
+def page():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.add_init_script(COUNT_TIMERS)
+            page.add_init_script(PROBE_JS)
+            # Served (a navigation runs the init scripts; `set_content` would not).
+            page.route(
+                "http://probe.test/",
+                lambda route: route.fulfill(body=PAGE, content_type="text/html"),
+            )
+            page.goto("http://probe.test/")
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_the_probe_times_the_status_line_as_it_changes_without_polling(page) -> None:
+    page.evaluate("window.__va.reset()")
+    thinking = page.evaluate(SAY, "Thinking…")
+    page.wait_for_timeout(30)
+    answering = page.evaluate(SAY, "Answering…")
+    page.wait_for_timeout(30)
+    ready = page.evaluate(SAY, "Ready")
+    status = page.evaluate("window.__va.snapshot()")["status"]
+    # Each stage's time is when the line changed, before the next change.
+    assert thinking <= status["Thinking"] < answering, (thinking, status, answering)
+    assert answering <= status["Answering"] < ready, status
+    assert ready <= status["Ready"], status
+    assert page.evaluate("window.__va.has('Ready')")
+    # "Ready" before anything was heard is the page at rest, not the end of a turn.
+    page.evaluate("window.__va.reset()")
+    page.evaluate(SAY, "Ready")
+    assert not page.evaluate("window.__va.has('Ready')")
+    assert page.evaluate("window.__timers") == {"interval": 0, "timeout": 0, "raf": 0}
+
+
+@pytest.mark.browser
+def test_the_probe_reads_the_players_record_of_this_turn(page) -> None:
+    page.evaluate("window.__va.reset()")
+    # The player's record of an earlier turn is not this one's.
+    page.evaluate("window.vaPlayer.stats.firstAt = performance.now() - 500")
+    assert page.evaluate("window.__va.snapshot()")["first"] is None
+    # This turn's first chunk, scheduled 10 s ahead, is not heard yet.
+    page.evaluate("window.vaPlayer.stats.turn = 4")
+    page.evaluate("window.vaPlayer.stats.firstAt = performance.now() + 10000")
+    assert page.evaluate("window.__va.snapshot()")["first"] is None
+    # Heard: its time, the gaps long enough to hear and where they came, what played.
+    gap = STALL_MIN_MS / 1000
+    heard = page.evaluate(
+        """([short, long]) => { const st = window.vaPlayer.stats;
+             st.firstAt = performance.now() - 2000;
+             st.gaps = [{s: short, chunks: 1, audioS: 0.5}, {s: long, chunks: 2, audioS: 1.1}];
+             st.audioS = 1.6; st.chunks = 3; st.endAt = performance.now() - 100;
+             return st.firstAt; }""",
+        [gap / 2, gap * 5],
+    )
+    probe = page.evaluate("window.__va.snapshot()")
+    assert probe["via"] == "player" and probe["first"] == heard, probe
+    assert probe["stalls"] == [gap * 5] and probe["stallAt"] == [[2, 1.1]], probe
+    assert probe["played"] == 1.6
+    # Played out 0.1 s ago: settled for 50 ms, not yet for 1 s.
+    assert page.evaluate("window.__va.settled(50)")
+    assert not page.evaluate("window.__va.settled(1000)")
+    assert page.evaluate("window.__timers") == {"interval": 0, "timeout": 0, "raf": 0}
