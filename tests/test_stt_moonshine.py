@@ -8,6 +8,7 @@ token cap: the tests read the cap off `Decoded.tokens`.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -342,3 +343,26 @@ def test_voice_bench_builds_the_moonshine_shape_for_a_moonshine_default(tmp_path
     stt = engine(path, tmp_path)
     assert stt.report.chosen.strategy == "moonshine-cpu-int8"
     assert stt.decode(hello, "en").tokens == 16
+
+
+def test_the_voice_bench_recogniser_decodes_what_its_words_take(
+    checkpoint, home, hello, monkeypatch
+):
+    """A random model never writes its end token, so it ran on to the engine's cap: 6.5
+    tokens a second of audio, twice what speech holds. Under the bench's `ScriptedSTT` it
+    decodes as many tokens as the words it says for that audio (and the end token)."""
+    from voice_agent.bench.pipeline import TOKENS_PER_WORD, WORDS_PER_S, ScriptedSTT
+
+    stt = engine(checkpoint, home)  # its own: the wrapper reaches into the engine it wraps
+    calls = Calls(monkeypatch, stt)
+    scripted = ScriptedSTT(stt)
+    for seconds, tokens in ((1.3, 6), (2.2, 9), (3.4, 13)):
+        assert math.ceil(WORDS_PER_S * seconds * TOKENS_PER_WORD) + 1 == tokens
+        text = scripted.transcribe((SAMPLE_RATE, hello[: int(seconds * SAMPLE_RATE)])).text
+        assert text and (
+            calls.options[-1]["min_new_tokens"],
+            calls.options[-1]["max_new_tokens"],
+        ) == (tokens, tokens)
+    assert stt.decode(hello, "en").tokens == 13  # every decode through the engine
+    fixed = {"min_new_tokens": 5, "max_new_tokens": 5}  # a caller's own length stays
+    assert stt.decode(hello, "en", generate_kwargs=fixed).tokens == 5

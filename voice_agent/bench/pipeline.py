@@ -41,6 +41,7 @@ Whisper's decode is capped at `STT_TOKENS` tokens (about the clip's words).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import statistics
@@ -180,6 +181,14 @@ QUESTIONS = (
     "Will it be sunny enough for the park tomorrow?",
 )
 WORDS_PER_S = 2.5  # a conversational rate, 150 words a minute: hello.wav's 3.4 s hold 9
+# What a recogniser's tokenizer makes of an English word (its ~32-50k-piece BPE), on average.
+TOKENS_PER_WORD = 1.3
+
+
+def decode_tokens(seconds: float, cap: int = STT_TOKENS) -> int:
+    """Tokens a recogniser writes for `seconds` of speech at `WORDS_PER_S`: the words'
+    (`TOKENS_PER_WORD`) and the end token; at most `cap` (the bench models' length)."""
+    return max(1, min(cap, math.ceil(WORDS_PER_S * seconds * TOKENS_PER_WORD) + 1))
 
 
 class ScriptedSTT:
@@ -193,6 +202,10 @@ class ScriptedSTT:
     to turn with whatever the model happened to write. The words follow the audio's length
     so that a turn heard in two stretches (`pipeline.hear.EarlyHearing`: the words before
     a pause, then the rest) says about as many words as the turn heard whole.
+
+    The model decodes as many tokens as a real one writes for those words (`decode_tokens`:
+    `TOKENS_PER_WORD` each and the end token), where a random one would run on to the
+    engine's cap (6.5 tokens a second of audio for Moonshine, twice what speech holds).
     """
 
     def __init__(self, stt: Any, texts: tuple[str, ...] = QUESTIONS) -> None:
@@ -201,6 +214,15 @@ class ScriptedSTT:
         self._words = itertools.cycle(" ".join(texts).split())
         self._heard_s = 0.0  # speech transcribed so far, and the words said for it
         self._said = 0
+        if callable(inner := getattr(stt, "decode", None)):
+            # The engine's transcriptions call its own `decode`: the length goes in there.
+            def decode(samples: Any, *args: Any, generate_kwargs: Any = None, **kw: Any) -> Any:
+                if generate_kwargs is None:  # a call that sets its own length keeps it
+                    n = decode_tokens(len(samples) / 16_000)
+                    generate_kwargs = {"min_new_tokens": n, "max_new_tokens": n}
+                return inner(samples, *args, generate_kwargs=generate_kwargs, **kw)
+
+            stt.decode = decode
 
     def __getattr__(self, name: str) -> Any:
         if name == "_stt":  # not set yet (a copy being made): no endless lookup

@@ -4,7 +4,8 @@ Starts the app (`app.py`'s own `main`) on the pipeline bench's real-shaped rando
 models: the CPU defaults' shapes (a Qwen2.5-1.5B-shaped LLM scripted to say a fixed
 3-sentence reply, `BENCH_LLM_SIZE=0.5B` for the 0.5B shape; the CPU default
 recogniser's shape, `DEFAULT_STT_CPU` (whisper-base.en, or Moonshine's when that is the
-default), decoding 16 tokens; a Piper medium-shaped ONNX voice); any model named by the
+default), at most 16 tokens, scripted to say a question's words and decoding as many
+tokens as they take; a Piper medium-shaped ONNX voice); any model named by the
 usual variables is used instead. It drives headless Chromium with a fake microphone playing
 `assets/hello.wav` (3.4 s):
 
@@ -284,7 +285,10 @@ def _models(root: Path) -> tuple[dict[str, str], dict[str, bool], dict[str, str]
         )
     if "stt" not in env:
         path, about["stt"] = build_default_stt(root / "stt")
-        about["stt"] += ", scripted words (bench.pipeline.QUESTIONS)"
+        about["stt"] += (
+            ", scripted words (bench.pipeline.QUESTIONS), decoding their tokens"
+            " (bench.pipeline.decode_tokens)"
+        )
         env["STT_MODEL_NAME"] = str(path)
     if "tts" not in env:
         # The CPU default voice (Piper, onnxruntime), a medium voice's widths.
