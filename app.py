@@ -21,6 +21,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 log = logging.getLogger("voice_agent.app")
+# How often Gradio's queue looks for work while it has none (Gradio: every 1 ms), and for
+# progress to send (every 10 ms; this app shows no progress bars).
+QUEUE_IDLE_POLL_S = 0.02
+QUEUE_PROGRESS_POLL_S = 0.1
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
@@ -184,8 +188,29 @@ def build_app(models: Any, settings: Any, blocks: Any) -> ASGIApp:
     # Gradio then copies into its cache and serves back. The handlers check it again
     # (`voice_agent.ui.uploads`).
     blocks.has_launched = True
+    quiet_queue(blocks)
     dispatcher = PathDispatcher(create_app(models, settings), ui_app)
     return AccessMiddleware(dispatcher, AccessRule.from_settings(settings))
+
+
+def quiet_queue(blocks: Any) -> None:
+    """Gradio's queue looks for a new event every 1 ms while it has none, and for progress
+    to send every 10 ms: 1,100 wake-ups a second of the event loop for as long as the app
+    runs, 0.08 of a core on a 2-core machine, taken from the models (docs/agent.md). Every
+    20 ms is still far below what anyone notices before a click's event starts, and the
+    spoken turns start on the server without it (`ui.microphone`). Gradio's own
+    attributes: should a release rename them, this says so and changes nothing."""
+    queue = getattr(blocks, "_queue", None)
+    if queue is None:
+        return
+    for name, seconds in (
+        ("sleep_when_free", QUEUE_IDLE_POLL_S),
+        ("progress_update_sleep_when_free", QUEUE_PROGRESS_POLL_S),
+    ):
+        if not isinstance(getattr(queue, name, None), int | float):
+            log.warning("gradio's queue has no %s: it polls as often as it does", name)
+            continue
+        setattr(queue, name, max(getattr(queue, name), seconds))
 
 
 def _mcp_available() -> bool:
