@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import httpx
@@ -25,8 +24,6 @@ def test_the_queue_looks_for_work_every_20_ms_and_events_still_run(monkeypatch) 
     models = fake_models(llm=FakeLLM("Sunny all day."), tts=FakeTTS())
     agent = Agent(models)
     demo = build_ui(lambda: agent, models, pause_default=0.6)
-    assert demo._queue.sleep_when_free == 0.001  # Gradio's own: every 1 ms
-    assert demo._queue.progress_update_sleep_when_free == 0.01
     with LiveServer(app_module.build_app(models, get_settings(), demo), lifespan=True) as live:
         assert demo._queue.sleep_when_free == app_module.QUEUE_IDLE_POLL_S == 0.02
         assert demo._queue.progress_update_sleep_when_free == 0.1
@@ -34,10 +31,8 @@ def test_the_queue_looks_for_work_every_20_ms_and_events_still_run(monkeypatch) 
         from gradio_client import Client
 
         client = Client(live.url, verbose=False)
-        t0 = time.perf_counter()
         answer = client.predict("Hello?", "", 0.0, 16, "", api_name="/send_text")
         assert "Sunny all day." in str(answer)
-        assert time.perf_counter() - t0 < 30
         assert httpx.get(f"{live.url}/health", timeout=10).status_code == 200
 
 

@@ -8,8 +8,12 @@ frame while the page has its player. Select with `pytest -k browser`.
 
 from __future__ import annotations
 
+import base64
+import io
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from voice_agent.bench.voice import PROBE_JS, STALL_MIN_MS
@@ -18,7 +22,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 PAGE = """<div id="turn-status"><p>Ready</p></div>
 <script>
-window.vaPlayer = {stats: {turn: 3, firstAt: null, gaps: [], audioS: 0, endAt: null, chunks: 0}};
+window.vaPlayer = {ready: true,  // connected to the tab's audio stream
+                   stats: {turn: 3, firstAt: null, gaps: [], audioS: 0, endAt: null, chunks: 0}};
 </script>"""
 
 # Counts the page's timers and animation frames, from before the probe is installed.
@@ -35,27 +40,59 @@ SAY = """(text) => { document.querySelector('#turn-status').innerHTML = '<p>' + 
                 return performance.now(); }"""
 
 
+def tone_wav(seconds: float = 1.0, rate: int = 8_000) -> str:
+    """A 440 Hz tone as a WAV data URL."""
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes())
+    return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# The app's page with its player, and one whose player never connected (no streamed audio:
+# the reply plays in Gradio's <audio>).
+WITH_PLAYER = PAGE
+NOT_CONNECTED = f"""<div id="turn-status"><p>Ready</p></div>
+<div id="reply-audio"><audio src="{tone_wav()}"></audio></div>
+<script>
+window.vaPlayer = {{ready: false, stats: {{turn: -1, firstAt: null, gaps: [], audioS: 0,
+                                          endAt: null, chunks: 0}}}};
+</script>"""
+
+
 @pytest.fixture
-def page():
+def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (CI installs it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        args = ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
         try:
-            page = browser.new_page()
-            page.add_init_script(COUNT_TIMERS)
-            page.add_init_script(PROBE_JS)
-            # Served (a navigation runs the init scripts; `set_content` would not).
-            page.route(
-                "http://probe.test/",
-                lambda route: route.fulfill(body=PAGE, content_type="text/html"),
-            )
-            page.goto("http://probe.test/")
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def open_page(browser, html: str):
+    page = browser.new_page()
+    page.add_init_script(COUNT_TIMERS)
+    page.add_init_script(PROBE_JS)
+    # Served (a navigation runs the init scripts; `set_content` would not).
+    page.route(
+        "http://probe.test/", lambda route: route.fulfill(body=html, content_type="text/html")
+    )
+    page.goto("http://probe.test/")
+    return page
+
+
+@pytest.fixture
+def page(browser):
+    return open_page(browser, WITH_PLAYER)
 
 
 @pytest.mark.browser
@@ -107,3 +144,16 @@ def test_the_probe_reads_the_players_record_of_this_turn(page) -> None:
     assert page.evaluate("window.__va.settled(50)")
     assert not page.evaluate("window.__va.settled(1000)")
     assert page.evaluate("window.__timers") == {"interval": 0, "timeout": 0, "raf": 0}
+
+
+@pytest.mark.browser
+def test_without_a_connected_player_the_probe_follows_the_audio_elements_clock(browser) -> None:
+    page = open_page(browser, NOT_CONNECTED)
+    page.evaluate("window.__va.reset()")
+    assert page.evaluate("window.__va.snapshot()")["first"] is None
+    page.evaluate("document.querySelector('#reply-audio audio').play()")
+    page.wait_for_function("window.__va.first !== null", polling=100, timeout=10_000)
+    page.wait_for_function("window.__va.settled(300)", polling=100, timeout=10_000)
+    probe = page.evaluate("window.__va.snapshot()")
+    assert probe["via"] == "audio" and 0.5 < probe["played"] <= 1.05, probe
+    assert page.evaluate("window.__timers")["interval"] == 1  # polling its clock, only here

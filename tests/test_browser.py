@@ -257,6 +257,11 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             assert page.evaluate("window.vaMic.posts") > 10
             # The clip has ended: the microphone hears silence, and the dot says so.
             page.wait_for_function("window.vaMic.level <= 0.4")
+            level, shown = hf_mic.evaluate(
+                "e => [e.style.getPropertyValue('--va-level'),"
+                " getComputedStyle(e.querySelector('button'), '::before').opacity]"
+            )
+            assert float(shown) == float(level) <= 0.4, (level, shown)  # the dot shows it
             hf_mic.get_by_role("button", name="Stop listening").click()
             expect(hf_mic).to_contain_text("Microphone off.")
         finally:

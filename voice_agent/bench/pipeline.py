@@ -206,6 +206,8 @@ class ScriptedSTT:
     The model decodes as many tokens as a real one writes for those words (`decode_tokens`:
     `TOKENS_PER_WORD` each and the end token), where a random one would run on to the
     engine's cap (6.5 tokens a second of audio for Moonshine, twice what speech holds).
+    Audio longer than the engine's window (30 s) gets that count in each window: the
+    bench's turns are a few seconds long.
     """
 
     def __init__(self, stt: Any, texts: tuple[str, ...] = QUESTIONS) -> None:

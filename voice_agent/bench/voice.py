@@ -22,8 +22,8 @@ chunk is heard, from the Web Audio clock) when the bench asks, every `WAIT_POLL_
 it does not poll, so it takes nothing from the cores it measures. First audio heard is
 when the reply's first chunk comes out; a stall is a gap between two chunks (a chunk
 that arrived after the one before had played out), so silence inside the audio itself
-does not count. Against a page without that player (Gradio's own streamed `<audio>`)
-the probe polls the element's media clock every `POLL_MS` instead: first audio heard is
+does not count. Against a page without that player, or whose player is not connected
+(Gradio's own streamed `<audio>`), the probe polls the element's media clock every `POLL_MS` instead: first audio heard is
 the first poll at which it advances, a stall wall time after playback started that the
 clock did not cover.
 """
@@ -125,7 +125,9 @@ PROBE_JS = """
                        observer = new MutationObserver(readStatus);
                        observer.observe(line, {subtree: true, childList: true, characterData: true});
                      }
-                     if (!window.vaPlayer && timer === null) timer = setInterval(pollAudio, POLL_MS); };
+                     // A page whose player never connected (no streamed audio) plays <audio>.
+                     const player = window.vaPlayer && window.vaPlayer.ready;
+                     if (!player && timer === null) timer = setInterval(pollAudio, POLL_MS); };
   va.has = (key) => { readStatus(); return key in va.status; };
   // Played out and quiet for `ms`: the page player knows when its audio ends; an <audio>
   // element's clock must have stood still that long.
