@@ -7,24 +7,15 @@ from pathlib import Path
 
 import httpx
 
-from tests.fakes import FakeLLM, FakeTTS, fake_models
-from voice_agent.core.config import get_settings
-from voice_agent.pipeline.agent import Agent
-from voice_agent.testing.server import LiveServer
-from voice_agent.ui.blocks import build_ui
+from tests.test_microphone import serve
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_queue_looks_for_work_every_20_ms_and_events_still_run(monkeypatch) -> None:
-    monkeypatch.syspath_prepend(str(REPO))
-    import app as app_module
+    with serve(monkeypatch) as (live, demo, _):
+        import app as app_module
 
-    get_settings.cache_clear()
-    models = fake_models(llm=FakeLLM("Sunny all day."), tts=FakeTTS())
-    agent = Agent(models)
-    demo = build_ui(lambda: agent, models, pause_default=0.6)
-    with LiveServer(app_module.build_app(models, get_settings(), demo), lifespan=True) as live:
         assert demo._queue.sleep_when_free == app_module.QUEUE_IDLE_POLL_S == 0.02
         assert demo._queue.progress_update_sleep_when_free == 0.1
         # A queued event (a typed turn, through the official client) still starts and answers.

@@ -4,6 +4,7 @@ reply, and refuses what is not a microphone's audio with a specific 4xx."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 PANEL = (0.6, "Be brief.", 0.0, 64, "")  # pause, system prompt, temperature, tokens, voice
 
 
-@pytest.fixture
-def live(monkeypatch) -> Iterator[tuple[LiveServer, Any, Agent]]:
+@contextlib.contextmanager
+def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LiveServer, Any, Agent]]:
+    """The app as `app.build_app` makes it, on fake models, on loopback: (server, blocks, agent)."""
     monkeypatch.syspath_prepend(str(REPO))
     import app as app_module
 
@@ -38,6 +40,12 @@ def live(monkeypatch) -> Iterator[tuple[LiveServer, Any, Agent]]:
     agent = Agent(models)
     demo = build_ui(lambda: agent, models, pause_default=0.6)
     with LiveServer(app_module.build_app(models, get_settings(), demo), lifespan=True) as server:
+        yield server, demo, agent
+
+
+@pytest.fixture
+def live(monkeypatch) -> Iterator[tuple[LiveServer, Any, Agent]]:
+    with serve(monkeypatch) as (server, demo, agent):
         yield server, demo.voice_agent_handlers, agent
 
 
