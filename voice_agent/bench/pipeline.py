@@ -217,10 +217,12 @@ class ScriptedSTT:
         self._heard_s = 0.0  # speech transcribed so far, and the words said for it
         self._said = 0
         if callable(inner := getattr(stt, "decode", None)):
+            from voice_agent.audio.io import SAMPLE_RATE  # what an engine's decode takes
+
             # The engine's transcriptions call its own `decode`: the length goes in there.
             def decode(samples: Any, *args: Any, generate_kwargs: Any = None, **kw: Any) -> Any:
                 if generate_kwargs is None:  # a call that sets its own length keeps it
-                    n = decode_tokens(len(samples) / 16_000)
+                    n = decode_tokens(len(samples) / SAMPLE_RATE)
                     generate_kwargs = {"min_new_tokens": n, "max_new_tokens": n}
                 return inner(samples, *args, generate_kwargs=generate_kwargs, **kw)
 

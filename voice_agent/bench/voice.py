@@ -23,9 +23,9 @@ it does not poll, so it takes nothing from the cores it measures. First audio he
 when the reply's first chunk comes out; a stall is a gap between two chunks (a chunk
 that arrived after the one before had played out), so silence inside the audio itself
 does not count. Against a page without that player, or whose player is not connected
-(Gradio's own streamed `<audio>`), the probe polls the element's media clock every `POLL_MS` instead: first audio heard is
-the first poll at which it advances, a stall wall time after playback started that the
-clock did not cover.
+(Gradio's own streamed `<audio>`), the probe polls the element's media clock every
+`POLL_MS` instead: first audio heard is the first poll at which it advances, a stall
+wall time after playback started that the clock did not cover.
 """
 
 from __future__ import annotations
