@@ -144,3 +144,32 @@ def test_in_own_thread_returns_raises_and_fits_the_share():
 
     with pytest.raises(ValueError, match="bad input"):
         in_own_thread(fails)
+
+
+def test_the_llm_prefills_on_its_share_and_decodes_on_half_of_it(tiny_models, monkeypatch):
+    """One token's step is bound by moving weights, not arithmetic: on 2 cores it is as fast
+    on 1 thread, and faster beside a busy browser (llm/engine.py `DECODE_SHARE`); the
+    prompt's prefill is arithmetic and takes the whole share."""
+    from voice_agent.core.config import load_settings
+    from voice_agent.llm.base import GenerationSettings
+    from voice_agent.llm.engine import OpenSourceLLM
+
+    settings = load_settings({"HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu"})
+    llm = OpenSourceLLM(str(tiny_models / "llm"), settings, strategies=["cpu-float32"])
+    monkeypatch.setattr(CPU_CORES, "cores", 4)
+    steps: list[tuple[int, int]] = []  # (tokens computed, torch threads) per forward pass
+    real_forward = llm.model.forward
+
+    def forward(*args, **kwargs):
+        steps.append((int(kwargs["input_ids"].shape[1]), torch.get_num_threads()))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(llm.model, "forward", forward)
+    greedy = GenerationSettings(temperature=0, max_new_tokens=6)
+    # The second prefills only what the kept cache lacks, on the whole share again.
+    for question in ("What is the weather like?", "And how warm will it be tomorrow?"):
+        steps.clear()
+        llm.generate_reply([{"role": "user", "content": question}], greedy)
+        assert len(steps) >= 3, steps
+        assert steps[0][0] > 1 and steps[0][1] == 4, steps  # the prompt
+        assert all(n == 1 and threads == 2 for n, threads in steps[1:]), steps  # each token

@@ -27,6 +27,11 @@ voice took 0.5 s for a phrase it makes in 0.1 s alone). The LLM writes several t
 faster than the voice speaks, so its words can wait a moment while the voice makes the
 phrase a listener is waiting for: a stage named in `first` (the phrase-at-a-time voice)
 takes the cores for itself, and the LLM `give_way`s before each step while it computes.
+
+A stage may also take less than its share (`fit(fraction)`): the LLM decodes each token
+on half of it and prefills the prompt on all of it (`llm.engine.DECODE_SHARE`), since a
+step of one token is bound by moving the weights, not by arithmetic, and its threads
+wait for each other at every barrier when the browser takes part of a core.
 """
 
 from __future__ import annotations
@@ -109,13 +114,14 @@ class CoreBudget:
         finally:
             self.working(stage, False)
 
-    def fit(self) -> int:
-        """Set this thread's torch threads to its share now; returns the share."""
-        share = self.share()
+    def fit(self, fraction: float = 1.0) -> int:
+        """Set this thread's torch threads to `fraction` of its share now (at least one);
+        returns the threads set."""
+        threads = max(1, int(self.share() * fraction))
         torch = sys.modules.get("torch")
-        if torch is not None and torch.get_num_threads() != share:
-            torch.set_num_threads(share)
-        return share
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads
 
 
 CPU_CORES = CoreBudget()
