@@ -109,6 +109,15 @@ def test_the_probe_times_the_status_line_as_it_changes_without_polling(page) -> 
     assert answering <= status["Answering"] < ready, status
     assert ready <= status["Ready"], status
     assert page.evaluate("window.__va.has('Ready')")
+    # A turn answered ahead may go from its microphone's status straight to "Answering":
+    # the transcript was shown then too, and its "Ready" still ends the turn.
+    page.evaluate("window.__va.reset()")
+    page.evaluate(SAY, "Listening")
+    answering = page.evaluate(SAY, "Answering…")
+    page.evaluate(SAY, "Ready")
+    status = page.evaluate("window.__va.snapshot()")["status"]
+    assert status["Thinking"] == status["Answering"] >= answering, status
+    assert page.evaluate("window.__va.has('Ready')")
     # "Ready" before anything was heard is the page at rest, not the end of a turn.
     page.evaluate("window.__va.reset()")
     page.evaluate(SAY, "Ready")

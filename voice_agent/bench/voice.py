@@ -77,9 +77,13 @@ PROBE_JS = """
     if (!va.active) return;
     const now = performance.now();
     const status = (document.querySelector('#turn-status') || {}).textContent || '';
-    for (const key of ['Thinking', 'Answering', 'Speaking']) {
-      if (status.includes(key) && !(key in va.status)) va.status[key] = now;
-    }
+    // A turn answered ahead shows its transcript and first words in one update: a stage
+    // seen implies the ones before it, shown by then at the latest.
+    const STAGES = ['Thinking', 'Answering', 'Speaking'];
+    STAGES.forEach((key, i) => {
+      if (!status.includes(key) || key in va.status) return;
+      for (const before of STAGES.slice(0, i + 1)) if (!(before in va.status)) va.status[before] = now;
+    });
     if ('Thinking' in va.status && status.includes('Ready') && !('Ready' in va.status)) va.status.Ready = now;
   };
   // The page player (ui.playback) schedules each chunk itself and records when it is heard,
