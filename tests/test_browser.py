@@ -218,7 +218,7 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             talk = page.locator("#talk-mic")
             talk.get_by_role("button", name="Record", exact=True).click()
             expect(talk).to_contain_text("Recording")
-            page.wait_for_function("window.vaMic.on && window.vaMic.posts >= 32")  # the 7.8 s clip
+            page.wait_for_function("window.vaMic.on && window.vaMic.seconds >= 7.8")  # the clip
             talk.get_by_role("button", name="Stop recording", exact=True).click()
             expect(talk.get_by_role("button", name="Record", exact=True)).to_be_visible()
             expect(chat.locator(".via-voice")).to_have_count(1)
@@ -241,6 +241,8 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             # second, which the models' cores pay for).
             page.wait_for_function("window.vaMic.peak >= 0.7")
             assert hf_mic.evaluate("e => e.style.getPropertyValue('--va-level')")
+            # While the user's turn is open the page posts every 0.1 s, as the server asks.
+            page.wait_for_function("window.vaMic.chunk === 0.1")
             endless = page.evaluate(
                 "document.getAnimations().filter((a) => a.playState === 'running'"
                 " && a.effect && a.effect.getTiming().iterations === Infinity).length"
@@ -257,6 +259,7 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             assert page.evaluate("window.vaMic.posts") > 10
             # The clip has ended: the microphone hears silence, and the dot says so.
             page.wait_for_function("window.vaMic.level <= 0.4")
+            page.wait_for_function("window.vaMic.chunk === 0.25")  # no turn open: slow again
             level, shown = hf_mic.evaluate(
                 "e => [e.style.getPropertyValue('--va-level'),"
                 " getComputedStyle(e.querySelector('button'), '::before').opacity]"

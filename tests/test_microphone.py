@@ -87,6 +87,12 @@ def test_posts_of_the_pages_microphone_end_a_turn_the_server_answers(live, asset
         ended = [r["utterance"] for r in replies if r["utterance"] is not None]
         assert ended == [1], replies
         assert any(r["status"] == "Hearing you…" for r in replies)
+        # From the first word to the pause that ends the turn the page posts more often.
+        began = next(i for i, r in enumerate(replies) if r["status"] == "Hearing you…")
+        over = next(i for i, r in enumerate(replies) if r["utterance"] is not None)
+        quick, slow = microphone.QUICK_CHUNK_S, microphone.CHUNK_S
+        expected = [slow] * began + [quick] * (over - began) + [slow] * (len(replies) - over)
+        assert [r["next_s"] for r in replies] == expected, replies
         assert not any(r["interrupted"] for r in replies)
         # The server runs the turn itself; the page's trigger only shows it.
         wait_for(lambda: len(ui.session.history) == 2)
@@ -136,7 +142,12 @@ def test_stopping_the_microphone_ends_the_turn_it_was_hearing(live, assets_dir) 
     replies = stream(server, ui.tab_id, samples, rate)  # no pause after the words
     assert all(r["utterance"] is None for r in replies)
     last = post(server, ui.tab_id, np.zeros(0, np.int16), rate, end=1).json()
-    assert last == {"status": "Microphone off.", "utterance": 1, "interrupted": False}
+    assert last == {
+        "status": "Microphone off.",
+        "utterance": 1,
+        "interrupted": False,
+        "next_s": microphone.CHUNK_S,
+    }
     wait_for(lambda: len(ui.session.history) == 2)
 
 
@@ -275,5 +286,6 @@ def test_the_page_carries_the_microphone() -> None:
 
     assert "window.vaMic" in PAGE_HEAD and "voice/mic/" in PAGE_HEAD
     assert "const CHUNK_S = 0.25;" in PAGE_HEAD  # the post interval reached the page
+    assert "m.chunk = Math.min(1, Math.max(0.05, reply.next_s))" in PAGE_HEAD  # and the quick one
     assert 'id="hands-free-mic"' in microphone.MIC_HTML
     assert 'id="talk-mic"' in microphone.TALK_HTML and "&hold=1" in PAGE_HEAD

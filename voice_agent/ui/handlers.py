@@ -16,7 +16,7 @@ import gradio as gr
 from voice_agent.core.spaces import gpu
 from voice_agent.ui import diagnostics as diag
 from voice_agent.ui.conversation import Conversation, TurnControls, UISession
-from voice_agent.ui.microphone import LISTENING, RECORDING
+from voice_agent.ui.microphone import CHUNK_S, LISTENING, QUICK_CHUNK_S, RECORDING
 from voice_agent.ui.uploads import NotUploadedError, uploaded_path
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,8 @@ class Handlers:
         when the microphone stopped after it. `hold`: the Record widget's (push to talk: only
         `end` ends the turn); `start`: the first post of a recording (the user took the floor).
         What the page shows and does next: the status line, the number of an utterance that
-        ended (its turn is running), a barge-in."""
+        ended (its turn is running), a barge-in, and how much audio to gather before its
+        next post."""
         problem = None
         with ui.mic_lock:  # a tab's posts come one at a time; this keeps them in order
             try:
@@ -313,10 +314,13 @@ class Handlers:
                 problem = f"Could not read the microphone chunk ({type(exc).__name__})."
             if end:
                 ended = self._end_of_stream(ui) or ended
+            # While the user's turn is open its pauses must be heard as they come.
+            open_turn = ui.detector is not None and ui.detector.in_speech
         return {
             "status": problem or ui.hands_free_status,
             "utterance": ui.utterance_seq if ended else None,
             "interrupted": interrupted,
+            "next_s": QUICK_CHUNK_S if open_turn else CHUNK_S,
         }
 
     def _end_of_stream(self, ui: UISession) -> bool:
