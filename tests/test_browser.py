@@ -241,8 +241,10 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             # second, which the models' cores pay for).
             page.wait_for_function("window.vaMic.peak >= 0.7")
             assert hf_mic.evaluate("e => e.style.getPropertyValue('--va-level')")
-            # While the user's turn is open the page posts every 0.1 s, as the server asks.
+            # While the user's turn is open the page posts every 0.1 s, as the server asks
+            # (a post holds whole 21 ms blocks: 0.11-0.12 s).
             page.wait_for_function("window.vaMic.chunk === 0.1")
+            page.wait_for_function("window.vaMic.lastPost > 0 && window.vaMic.lastPost < 0.2")
             endless = page.evaluate(
                 "document.getAnimations().filter((a) => a.playState === 'running'"
                 " && a.effect && a.effect.getTiming().iterations === Infinity).length"
@@ -260,6 +262,7 @@ def test_browser_conversation_diagnostics_and_self_test(running_app):
             # The clip has ended: the microphone hears silence, and the dot says so.
             page.wait_for_function("window.vaMic.level <= 0.4")
             page.wait_for_function("window.vaMic.chunk === 0.25")  # no turn open: slow again
+            page.wait_for_function("window.vaMic.lastPost >= 0.25")
             level, shown = hf_mic.evaluate(
                 "e => [e.style.getPropertyValue('--va-level'),"
                 " getComputedStyle(e.querySelector('button'), '::before').opacity]"

@@ -146,9 +146,9 @@ def test_in_own_thread_returns_raises_and_fits_the_share():
         in_own_thread(fails)
 
 
-def test_the_llm_prefills_on_its_share_and_decodes_on_half_of_it(tiny_models, monkeypatch):
+def test_the_llm_prefills_on_its_share_and_decodes_leaving_a_core(tiny_models, monkeypatch):
     """One token's step is bound by moving weights, not arithmetic: on 2 cores it is as fast
-    on 1 thread, and faster beside a busy browser (llm/engine.py `DECODE_SHARE`); the
+    on 1 thread, and faster beside a busy browser (llm/engine.py `DECODE_LEAVE`); the
     prompt's prefill is arithmetic and takes the whole share."""
     from voice_agent.core.config import load_settings
     from voice_agent.llm.base import GenerationSettings
@@ -172,4 +172,8 @@ def test_the_llm_prefills_on_its_share_and_decodes_on_half_of_it(tiny_models, mo
         llm.generate_reply([{"role": "user", "content": question}], greedy)
         assert len(steps) >= 3, steps
         assert steps[0][0] > 1 and steps[0][1] == 4, steps  # the prompt
-        assert all(n == 1 and threads == 2 for n, threads in steps[1:]), steps  # each token
+        assert all(n == 1 and threads == 3 for n, threads in steps[1:]), steps  # each token
+    monkeypatch.setattr(CPU_CORES, "cores", 2)  # this machine's case: one thread decodes
+    steps.clear()
+    llm.generate_reply([{"role": "user", "content": "Is it raining?"}], greedy)
+    assert steps[0][1] == 2 and all(threads == 1 for _, threads in steps[1:]), steps

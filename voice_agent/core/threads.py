@@ -28,9 +28,9 @@ faster than the voice speaks, so its words can wait a moment while the voice mak
 phrase a listener is waiting for: a stage named in `first` (the phrase-at-a-time voice)
 takes the cores for itself, and the LLM `give_way`s before each step while it computes.
 
-A stage may also take less than its share (`fit(fraction)`): the LLM decodes each token
-on half of it and prefills the prompt on all of it (`llm.engine.DECODE_SHARE`), since a
-step of one token is bound by moving the weights, not by arithmetic, and its threads
+A stage may also leave a core of its share free (`fit(leave)`): the LLM decodes each
+token on one core less than it prefills the prompt on (`llm.engine.DECODE_LEAVE`), since
+a step of one token is bound by moving the weights, not by arithmetic, and its threads
 wait for each other at every barrier when the browser takes part of a core.
 """
 
@@ -82,9 +82,10 @@ class CoreBudget:
                 self._changed.notify_all()
         return self.fit()
 
-    def give_way(self, stage: str, stop: Callable[[], bool] | None = None) -> float:
+    def give_way(self, stage: str, stop: Callable[[], bool] | None = None, leave: int = 0) -> float:
         """Wait, not counted as working, while a stage in `first` other than `stage`
-        computes; then fit this thread to its share. Returns the seconds waited.
+        computes; then fit this thread to its share (`fit(leave)`). Returns the seconds
+        waited.
 
         Each wait is a phrase's synthesis (a fraction of a second); `stop` (checked every
         `POLL_S`) ends it early, and no single wait outlasts `MAX_WAIT_S`, so a voice that
@@ -102,7 +103,7 @@ class CoreBudget:
                 self._changed.wait(POLL_S)
             if was_working:
                 self._working.add(stage)
-        self.fit()
+        self.fit(leave)
         return time.perf_counter() - t0
 
     @contextmanager
@@ -114,10 +115,10 @@ class CoreBudget:
         finally:
             self.working(stage, False)
 
-    def fit(self, fraction: float = 1.0) -> int:
-        """Set this thread's torch threads to `fraction` of its share now (at least one);
-        returns the threads set."""
-        threads = max(1, int(self.share() * fraction))
+    def fit(self, leave: int = 0) -> int:
+        """Set this thread's torch threads to its share now, less `leave` cores (at least
+        one thread); returns the threads set."""
+        threads = max(1, self.share() - leave)
         torch = sys.modules.get("torch")
         if torch is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)

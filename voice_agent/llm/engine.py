@@ -76,14 +76,15 @@ DEFAULT_SYSTEM_PROMPT = (
     "reads better aloud."
 )
 DEFAULT_BUSY_TIMEOUT_S = 30.0
-# On the CPU a decode step (one token) runs on half the LLM's share of the cores, the
-# prompt's prefill on all of it. One token's step is bound by moving the weights and by
-# per-layer overhead, not by arithmetic: the Qwen2.5-1.5B int8 shape on 2 cores took
-# 0.11-0.12 s a step on 1 thread and 0.12-0.13 s on 2, and beside a 35 % busy loop (what
-# the browser takes) 0.10-0.11 s against 0.16 s, since two threads wait for each other at
-# every barrier; its 18-token prefill took 0.36 s on 2 threads and 0.6-0.7 s on 1. The
-# core left over serves the voice, the microphone and the browser.
-DECODE_SHARE = 0.5
+# On the CPU a decode step (one token) leaves one core of the LLM's share free (at least
+# one thread); the prompt's prefill takes all of it. One token's step is bound by moving
+# the weights and by per-layer overhead, not by arithmetic: the Qwen2.5-1.5B int8 shape
+# on 2 cores took 0.11-0.12 s a step on 1 thread and 0.12-0.13 s on 2, and beside a 35 %
+# busy loop (what the browser takes) 0.10-0.11 s against 0.16 s, since two threads wait
+# for each other at every barrier; its 18-token prefill took 0.36 s on 2 threads and
+# 0.6-0.7 s on 1. The core left over serves the voice, the microphone and the browser.
+# Measured on 2 cores only: on more, one core less keeps most of the decode's threads.
+DECODE_LEAVE = 1
 FALLBACK_CONTEXT = 2048
 GENERIC_REASON = explain_error(
     Exception()
@@ -411,12 +412,15 @@ class OpenSourceLLM:
 
         on_cpu = self.device == "cpu"
 
+        def halted() -> bool:
+            return is_cancelled(cancel) or stop_event.is_set()
+
         def should_stop() -> bool:  # in the generation thread, once per step
             if on_cpu:
-                # The voice making a phrase goes first; then the cores are split anew.
-                CPU_CORES.give_way("llm", lambda: is_cancelled(cancel) or stop_event.is_set())
-                # The prompt is in (this runs after each step): the next steps decode.
-                CPU_CORES.fit(DECODE_SHARE)
+                # The voice making a phrase goes first; then the cores are split anew. The
+                # prompt is in (this runs after each step): the next steps decode.
+                CPU_CORES.give_way("llm", halted, leave=DECODE_LEAVE)
+                CPU_CORES.fit(leave=DECODE_LEAVE)  # no wait: the share may still be new
             if is_cancelled(cancel):
                 stop_event.set()
             return stop_event.is_set() or feed.stop_hit

@@ -156,7 +156,7 @@ MIC_HEAD = (
   registerProcessor('va-tap', VaTap);`;
   const m = {on: false, starting: false, stream: null, ctx: null, rate: 0, parts: [], n: 0,
              busy: false, ending: [], posts: 0, mode: 'listen', first: false, level: 0, peak: 0,
-             chunk: CHUNK_S, sent: 0};
+             chunk: CHUNK_S, sent: 0, lastPost: 0, recording: 0};
   const WIDGET = {listen: '#hands-free-mic', hold: '#talk-mic'};
   const LABEL = {listen: ['Start listening', 'Stop listening'], hold: ['Record', 'Stop recording']};
   const HEARING = {listen: LISTENING_TEXT, hold: RECORDING_TEXT};
@@ -172,7 +172,7 @@ MIC_HEAD = (
       if (button) button.textContent = LABEL[m.mode][on ? 1 : 0];
     }
   };
-  // The dot on the button follows the level of each post (4 times a second): it shows the
+  // The dot on the button follows the level of each post (4-10 times a second): it shows the
   // microphone hears, and costs a repaint per change instead of an animation's 60 frames a
   // second (a tenth of a core in a browser that draws without a GPU, docs/agent.md).
   const level = (sum, n) => {
@@ -198,9 +198,12 @@ MIC_HEAD = (
     m.parts = []; m.n = 0;
     return pcm;
   };
-  const answer = (reply) => {
-    // The server says how much to gather before the next post: less while a turn is open.
-    if (typeof reply.next_s === 'number') m.chunk = Math.min(1, Math.max(0.05, reply.next_s));
+  const answer = (reply, recording) => {
+    // The server says how much to gather before the next post: less while a turn is open
+    // (a late reply to an earlier recording's post says nothing about this one).
+    if (typeof reply.next_s === 'number' && recording === m.recording) {
+      m.chunk = Math.min(1, Math.max(0.05, reply.next_s));
+    }
     if (reply.interrupted) {
       document.querySelectorAll('#reply-audio audio').forEach((a) => a.pause());
       if (window.vaPlayer) window.vaPlayer.flush();
@@ -215,9 +218,11 @@ MIC_HEAD = (
   // What one post sends: taken when it is made, so an end post that waits for the one in
   // flight still carries its own recording's audio and mode, whatever starts meanwhile.
   const job = (end) => {
-    const j = {body: take(), rate: m.rate, mode: m.mode, first: m.first, end};
+    const j = {body: take(), rate: m.rate, mode: m.mode, first: m.first, end,
+               recording: m.recording};
     m.first = false;
-    m.sent += j.body.length / j.rate;
+    m.lastPost = j.body.length / j.rate;
+    m.sent += m.lastPost;
     return j;
   };
   const post = async (end, queued) => {
@@ -233,7 +238,7 @@ MIC_HEAD = (
                                   headers: {'Content-Type': 'application/octet-stream'}});
       const reply = await r.json().catch(() => ({}));
       m.posts += 1;
-      if (r.ok) answer(reply);
+      if (r.ok) answer(reply, j.recording);
       else {
         show((reply.error && reply.error.message) || ('The server refused the microphone (' +
              r.status + ').'));
@@ -271,7 +276,8 @@ MIC_HEAD = (
       tap.connect(mute).connect(ctx.destination);
       if (ctx.state === 'suspended') await ctx.resume();
       Object.assign(m, {stream, ctx, rate: ctx.sampleRate, parts: [], n: 0, on: true,
-                        first: m.mode === 'hold', level: 0, peak: 0, chunk: CHUNK_S, sent: 0});
+                        first: m.mode === 'hold', level: 0, peak: 0, chunk: CHUNK_S, sent: 0,
+                        recording: m.recording + 1});
       if (root()) root().style.removeProperty('--va-level');  // full until the first post
       // Pressing Record takes the floor: a reply still playing stops now (the server
       // stops making it at the first post).
@@ -311,7 +317,7 @@ MIC_HEAD = (
   window.vaMic = {start, stop, get on() { return m.on; }, get posts() { return m.posts; },
                   get mode() { return m.mode; }, get level() { return m.level; },
                   get peak() { return m.peak; }, get chunk() { return m.chunk; },
-                  get seconds() { return m.sent; }};
+                  get seconds() { return m.sent; }, get lastPost() { return m.lastPost; }};
 })();
 </script>""".replace("CHUNK_SECONDS", str(CHUNK_S))
     .replace("LISTENING_TEXT", json.dumps(LISTENING))
