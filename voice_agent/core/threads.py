@@ -84,8 +84,8 @@ class CoreBudget:
 
     def give_way(self, stage: str, stop: Callable[[], bool] | None = None, leave: int = 0) -> float:
         """Wait, not counted as working, while a stage in `first` other than `stage`
-        computes; then fit this thread to its share (`fit(leave)`). Returns the seconds
-        waited.
+        computes; then, waited or not, fit this thread to its share (`fit(leave)`).
+        Returns the seconds waited.
 
         Each wait is a phrase's synthesis (a fraction of a second); `stop` (checked every
         `POLL_S`) ends it early, and no single wait outlasts `MAX_WAIT_S`, so a voice that
@@ -93,18 +93,19 @@ class CoreBudget:
         """
         t0 = time.perf_counter()
         with self._lock:
-            if not (self._working & self.first) - {stage}:
-                return 0.0
-            was_working = stage in self._working
-            self._working.discard(stage)
-            while (self._working & self.first) - {stage}:
-                if (stop is not None and stop()) or time.perf_counter() - t0 > MAX_WAIT_S:
-                    break
-                self._changed.wait(POLL_S)
-            if was_working:
-                self._working.add(stage)
+            blocked = bool((self._working & self.first) - {stage})
+            if blocked:
+                was_working = stage in self._working
+                self._working.discard(stage)
+                while (self._working & self.first) - {stage}:
+                    if (stop is not None and stop()) or time.perf_counter() - t0 > MAX_WAIT_S:
+                        break
+                    self._changed.wait(POLL_S)
+                if was_working:
+                    self._working.add(stage)
+        # Fitted even when nothing was waited for: the share may have changed since.
         self.fit(leave)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0 if blocked else 0.0
 
     @contextmanager
     def stage(self, stage: str) -> Iterator[None]:

@@ -420,7 +420,6 @@ class OpenSourceLLM:
                 # The voice making a phrase goes first; then the cores are split anew. The
                 # prompt is in (this runs after each step): the next steps decode.
                 CPU_CORES.give_way("llm", halted, leave=DECODE_LEAVE)
-                CPU_CORES.fit(leave=DECODE_LEAVE)  # no wait: the share may still be new
             if is_cancelled(cancel):
                 stop_event.set()
             return stop_event.is_set() or feed.stop_hit
